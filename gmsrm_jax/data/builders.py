@@ -1,0 +1,58 @@
+"""Our TFDS builders by name, and the rule that loading never downloads or generates.
+
+Both builders are instantiated directly (they are not in the TFDS registry, see their
+docstrings). A dataset is read only if it was prepared beforehand with
+`python -m gmsrm_jax.data.prepare`; a missing one fails at once with the directory looked in and
+the exact command, instead of TFDS's network retries (minutes when offline).
+"""
+
+import shlex
+
+import tensorflow_datasets as tfds
+
+from gmsrm_jax.data import image_folder
+from gmsrm_jax.data import synthetic
+
+BUILDERS = {
+    "synthetic_scenes": synthetic.SyntheticScenes,
+    "image_folder": image_folder.ImageFolder,
+}
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """The dataset has not been prepared in the data_dir looked in."""
+
+
+def make_builder(name: str, builder_config: str = "",
+                 data_dir: str = "") -> tfds.core.DatasetBuilder:
+  """The builder for `name`/`builder_config` ("" -> its default) under `data_dir` ("" -> TFDS's)."""
+  if name not in BUILDERS:
+    raise ValueError(f"Unknown dataset {name!r}; expected one of {sorted(BUILDERS)}.")
+  return BUILDERS[name](config=builder_config or None, data_dir=data_dir or None)
+
+
+def prepare_command(name: str, builder_config: str, data_dir: str, manual_dir: str = "") -> str:
+  """The shell command that prepares this dataset (quoted, ready to paste)."""
+  builder = make_builder(name, builder_config, data_dir)
+  args = ["python", "-m", "gmsrm_jax.data.prepare",
+          f"--dataset={name}/{builder.builder_config.name}",
+          f"--data_dir={builder.data_dir_root}"]
+  if name == "image_folder":
+    args.append(f"--manual_dir={manual_dir or '/path/to/your/images'}")
+  return shlex.join(args)
+
+
+def load_builder(name: str, builder_config: str = "", data_dir: str = "",
+                 manual_dir: str = "") -> tfds.core.DatasetBuilder:
+  """The builder of an already prepared dataset; never downloads or generates anything.
+
+  Raises:
+    DatasetNotPreparedError: naming the directory looked in and the command that prepares it.
+  """
+  builder = make_builder(name, builder_config, data_dir)
+  if not builder.is_prepared():
+    raise DatasetNotPreparedError(
+        f"Dataset {name}/{builder.builder_config.name} is not prepared: nothing usable at "
+        f"{builder.data_dir}. Loading never downloads or generates data. Prepare it once "
+        f"with:\n  {prepare_command(name, builder_config, data_dir, manual_dir)}")
+  return builder
