@@ -1,0 +1,264 @@
+"""Input pipelines: grain over `tfds` array_record data sources (random access).
+
+Training batches are a pure function of (config.seed, step, process slot); see docs/DATA.md:
+
+  * global example position   p = step * global_batch + process_index * local_batch + j
+  * epoch, offset             = divmod(p, N);  record = permutation(seed, epoch)[offset]
+  * crop/flip RNG and mask    from (seed, step, g) with g = process_index * local_batch + j,
+                              the example's index within the GLOBAL batch.
+
+So the step is the whole iterator state: resuming at `start_step=s` replays exactly the
+batches an uninterrupted run sees from step s (no repeats, no skips), and a run on P processes
+sees the same global batches as on 1 (process i holds rows i*B_local ... (i+1)*B_local - 1).
+Each process reads only its own examples. Grain only adds parallelism: a thread pool decodes
+and augments examples ahead of the consumer, in order.
+"""
+
+from collections.abc import Iterator, Mapping, Sequence
+import functools
+import math
+import zlib
+
+from absl import logging
+import grain
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from gmsrm_jax import masks
+from gmsrm_jax.data import builders
+from gmsrm_jax.data import decode
+from gmsrm_jax.data import preprocess
+
+# Independent RNG streams, derived from names so they never collide with another module's.
+_SHUFFLE_STREAM = zlib.crc32(b"gmsrm_jax.data.shuffle")
+_AUGMENT_STREAM = zlib.crc32(b"gmsrm_jax.data.augment")
+# A bad record is replaced by the next good one; this many bad records in a row means the
+# dataset itself is broken, which should stop the run rather than loop.
+_MAX_SUBSTITUTIONS = 64
+# MapDataset needs a length; training is unbounded in practice (2**62 examples).
+_UNBOUNDED = 2**62
+
+Batch = dict[str, np.ndarray]
+
+
+def open_split(config: ml_collections.ConfigDict, split: str) -> Sequence[Mapping[str, object]]:
+  """Random-access records of a prepared split, images left as encoded bytes.
+
+  Raises:
+    builders.DatasetNotPreparedError: the dataset was not prepared (the message says how).
+  """
+  data = config.data
+  builder = builders.load_builder(data.name, data.builder_config, data.data_dir, data.manual_dir)
+  # Our own decoding (not TFDS's) so that a damaged record can be skipped and counted.
+  return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def dataset_info(config: ml_collections.ConfigDict) -> tfds.core.DatasetInfo:
+  """TFDS info of the prepared dataset, e.g. `.splits["train"].num_examples`."""
+  data = config.data
+  return builders.load_builder(data.name, data.builder_config, data.data_dir,
+                               data.manual_dir).info
+
+
+def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
+  return dataset_info(config).splits[split].num_examples
+
+
+class RobustImages:
+  """Decoded RGB images by record index; a record that fails to decode is replaced.
+
+  The substitute for a bad record k is the first good record among k+1, k+2, ... (mod N): a
+  function of k alone, so substitution keeps runs deterministic and resumable. Every
+  substitution is counted in `skipped` and logged (rate-limited).
+  """
+
+  def __init__(self, records: Sequence[Mapping[str, object]], what: str):
+    if not len(records):
+      raise ValueError(f"{what} has no examples.")
+    self._records = records
+    self.skipped = decode.SkipCounter(what)
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index: int) -> Image.Image:
+    for attempt in range(min(_MAX_SUBSTITUTIONS, len(self._records))):
+      record_index = (index + attempt) % len(self._records)
+      try:
+        return decode.decode_pil(self._records[record_index]["image"])
+      except decode.DecodeError as e:
+        self.skipped.record(e.reason, f"record {record_index}: {e.detail}")
+    raise RuntimeError(f"{_MAX_SUBSTITUTIONS} consecutive records from {index} failed to "
+                       "decode; the dataset is damaged. Re-prepare it.")
+
+
+def _process_slot(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count}).")
+  return process_index, process_count
+
+
+def _local_batch_size(global_batch: int, process_count: int, what: str) -> int:
+  if global_batch % process_count:
+    raise ValueError(f"{what} {global_batch} is not divisible by the {process_count} "
+                     "processes; every process must hold the same number of rows.")
+  return global_batch // process_count
+
+
+def _read_options(config: ml_collections.ConfigDict, local_batch: int) -> grain.ReadOptions:
+  # The prefetch buffer counts examples; config.data.prefetch counts batches.
+  return grain.ReadOptions(num_threads=config.data.num_threads,
+                           prefetch_buffer_size=max(1, config.data.prefetch) * local_batch)
+
+
+class TrainExamples:
+  """Local example q -> one preprocessed training example with its mask (see module docs)."""
+
+  def __init__(self, images: RobustImages, config: ml_collections.ConfigDict, *,
+               process_index: int, local_batch: int):
+    self._images = images
+    self._config = config
+    self._process_index = process_index
+    self._local_batch = local_batch
+    self._global_batch = config.train.batch_size
+    self._seed = config.seed
+    if self._seed < 0:
+      raise ValueError(f"config.seed must be non-negative, got {self._seed}.")
+    preprocess.check_sizes(config.data.resize_shorter, config.data.crop_size)
+    # Per instance; two entries because a batch can straddle an epoch boundary.
+    self._permutation = functools.lru_cache(maxsize=2)(self._make_permutation)
+
+  def _make_permutation(self, epoch: int) -> np.ndarray:
+    rng = np.random.default_rng([self._seed, _SHUFFLE_STREAM, epoch])
+    return rng.permutation(len(self._images)).astype(np.int64)
+
+  def record_index(self, step: int, index_in_global_batch: int) -> int:
+    position = step * self._global_batch + index_in_global_batch
+    epoch, offset = divmod(position, len(self._images))
+    return int(self._permutation(epoch)[offset])
+
+  def __call__(self, local_example: int) -> Batch:
+    step, row = divmod(local_example, self._local_batch)
+    index = self._process_index * self._local_batch + row  # Within the global batch.
+    data = self._config.data
+    image = self._images[self.record_index(step, index)]
+    rng = np.random.default_rng([self._seed, _AUGMENT_STREAM, step, index])
+    pixels = preprocess.train_image(image, resize_shorter=data.resize_shorter,
+                                    crop_size=data.crop_size, random_flip=data.random_flip,
+                                    rng=rng)
+    mask = masks.training_mask(self._config.masks, data.crop_size, seed=self._seed, step=step,
+                               index=index)
+    return {"image": pixels, "mask": np.asarray(mask, np.float32)[..., None]}
+
+
+def create_train_iterator(config: ml_collections.ConfigDict, *, start_step: int,
+                          process_index: int | None = None,
+                          process_count: int | None = None) -> Iterator[Batch]:
+  """Batches for steps start_step, start_step + 1, ... for this process.
+
+  Each batch: {"image": float32 [B_local, H, W, 3] in [-1, 1], "mask": float32
+  [B_local, H, W, 1] with 1 = hole}, B_local = config.train.batch_size // process_count.
+  Process i's rows are rows [i * B_local, (i + 1) * B_local) of the global batch.
+  """
+  process_index, process_count = _process_slot(process_index, process_count)
+  local_batch = _local_batch_size(config.train.batch_size, process_count,
+                                  "config.train.batch_size")
+  images = RobustImages(open_split(config, config.data.train_split),
+                        f"{config.data.name}/{config.data.train_split}")
+  examples = TrainExamples(images, config, process_index=process_index,
+                           local_batch=local_batch)
+  first = start_step * local_batch
+  dataset = (grain.MapDataset.range(first, first + _UNBOUNDED)
+             .map(examples)
+             .to_iter_dataset(_read_options(config, local_batch))
+             .batch(local_batch, drop_remainder=True))
+  return iter(dataset)
+
+
+def eval_mask_fn(config: ml_collections.ConfigDict, mask_spec: tuple[str, object]):
+  """image index -> the fixed float32 [H, W] mask of that image under `mask_spec`.
+
+  ("bin", name): config.eval.mask_dir's MaskFolder if set, else `masks.mask_in_bin` seeded by
+  (config.seed, image index); ("center", area_ratio): the centered square hole.
+  """
+  size = config.data.crop_size
+  kind, value = mask_spec
+  if kind == "center":
+    mask = masks.center_mask(size, float(value))
+    return lambda index: mask
+  if kind != "bin":
+    raise ValueError(f"Unknown mask_spec {mask_spec!r}; use ('bin', name) or ('center', ratio).")
+  if value not in masks.HOLE_RATIO_BINS:
+    raise ValueError(f"Unknown hole-ratio bin {value!r}; one of {list(masks.HOLE_RATIO_BINS)}.")
+  if config.eval.mask_dir:
+    folder = masks.MaskFolder(config.eval.mask_dir, size, invert=config.eval.mask_invert)
+    return lambda index: folder.mask_for(index, value)
+  return lambda index: masks.mask_in_bin(config.masks, size, seed=config.seed, index=index,
+                                         bin_name=value)
+
+
+class EvalExamples:
+  """Local example q -> test image, its fixed mask, its index and weight (0 for padding)."""
+
+  def __init__(self, images: RobustImages, config: ml_collections.ConfigDict, mask_fn, *,
+               num_images: int, process_index: int, local_batch: int):
+    self._images = images
+    self._config = config
+    self._mask_fn = mask_fn
+    self._num_images = num_images
+    self._process_index = process_index
+    self._local_batch = local_batch
+    self._global_batch = config.eval.batch_size
+    preprocess.check_sizes(config.data.resize_shorter, config.data.crop_size)
+
+  def __call__(self, local_example: int) -> Batch:
+    batch, row = divmod(local_example, self._local_batch)
+    index = batch * self._global_batch + self._process_index * self._local_batch + row
+    real = index < self._num_images
+    # Padding repeats image 0 with its mask, so every computation on it stays finite; its
+    # weight of 0 removes it from the averages.
+    source_index = index if real else 0
+    data = self._config.data
+    pixels = preprocess.eval_image(self._images[source_index],
+                                   resize_shorter=data.resize_shorter, crop_size=data.crop_size)
+    mask = np.asarray(self._mask_fn(source_index), np.float32)[..., None]
+    return {"image": pixels, "mask": mask, "index": np.int32(index if real else -1),
+            "weight": np.float32(real)}
+
+
+def create_eval_iterator(config: ml_collections.ConfigDict, *, mask_spec: tuple[str, object],
+                         num_images: int, process_index: int | None = None,
+                         process_count: int | None = None) -> Iterator[Batch]:
+  """Batches over the first `num_images` test images, each with ONE fixed mask per mask_spec.
+
+  Every process yields ceil(num_images / config.eval.batch_size) batches of B_local =
+  config.eval.batch_size // process_count rows (the same count everywhere, so collectives
+  line up). Each batch: "image" [B_local, H, W, 3] (center crop), "mask" [B_local, H, W, 1],
+  "index" int32 [B_local] (the test image index, -1 for padding) and "weight" float32
+  [B_local] (1 real, 0 padding): average metrics as sum(weight * m) / sum(weight).
+  """
+  process_index, process_count = _process_slot(process_index, process_count)
+  local_batch = _local_batch_size(config.eval.batch_size, process_count,
+                                  "config.eval.batch_size")
+  images = RobustImages(open_split(config, config.data.eval_split),
+                        f"{config.data.name}/{config.data.eval_split}")
+  if num_images > len(images):
+    logging.warning("Asked for %d test images but %s has %d; using all of them.", num_images,
+                    config.data.eval_split, len(images))
+  num_images = min(num_images, len(images))
+  if num_images <= 0:
+    raise ValueError(f"num_images must be positive, got {num_images}.")
+  examples = EvalExamples(images, config, eval_mask_fn(config, mask_spec),
+                          num_images=num_images, process_index=process_index,
+                          local_batch=local_batch)
+  num_batches = math.ceil(num_images / config.eval.batch_size)
+  dataset = (grain.MapDataset.range(num_batches * local_batch)
+             .map(examples)
+             .to_iter_dataset(_read_options(config, local_batch))
+             .batch(local_batch, drop_remainder=True))
+  return iter(dataset)

@@ -1,0 +1,56 @@
+"""Per-image preprocessing of GM-SRM §IV-A: resize the shorter side, crop, flip, scale to [-1, 1].
+
+Work stays in PIL/uint8 until the final crop, so only crop_size² pixels are ever converted to
+float. Resizing is bicubic and antialiased (Pillow widens the kernel when shrinking); when the
+stored image already has the requested shorter side (our builders store it that way) it is a
+no-op.
+"""
+
+import numpy as np
+from PIL import Image
+
+from gmsrm_jax.data import decode
+
+
+def check_sizes(resize_shorter: int, crop_size: int) -> None:
+  if crop_size > resize_shorter:
+    raise ValueError(f"crop_size {crop_size} exceeds resize_shorter {resize_shorter}: a "
+                     "crop must fit inside the resized image.")
+
+
+def train_image(image: Image.Image, *, resize_shorter: int, crop_size: int, random_flip: bool,
+                rng: np.random.Generator) -> np.ndarray:
+  """Resize, random crop and (optionally) random horizontal flip -> float32 [crop, crop, 3].
+
+  The RNG draws are always (x offset, y offset, flip coin) in that order, so the crop of an
+  example does not depend on whether flipping is enabled.
+  """
+  image = decode.resize_shorter_side(image, resize_shorter)
+  width, height = image.size
+  left = int(rng.integers(0, width - crop_size + 1))
+  top = int(rng.integers(0, height - crop_size + 1))
+  flip = bool(rng.random() < 0.5) and random_flip
+  pixels = np.asarray(image.crop((left, top, left + crop_size, top + crop_size)))
+  if flip:
+    pixels = pixels[:, ::-1]
+  return to_signed_unit(pixels)
+
+
+def eval_image(image: Image.Image, *, resize_shorter: int, crop_size: int) -> np.ndarray:
+  """Resize and deterministic center crop -> float32 [crop, crop, 3]."""
+  image = decode.resize_shorter_side(image, resize_shorter)
+  width, height = image.size
+  left, top = (width - crop_size) // 2, (height - crop_size) // 2
+  return to_signed_unit(np.asarray(image.crop((left, top, left + crop_size, top + crop_size))))
+
+
+def to_signed_unit(pixels: np.ndarray) -> np.ndarray:
+  """uint8 [0, 255] -> float32 [-1, 1] (0 -> -1, 255 -> 1 exactly)."""
+  out = np.multiply(pixels, np.float32(2 / 255), dtype=np.float32)
+  out -= np.float32(1)
+  return out
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+  """float [-1, 1] -> uint8, the inverse of `to_signed_unit` (for saving samples)."""
+  return np.clip(np.rint((np.asarray(image, np.float32) + 1) * 127.5), 0, 255).astype(np.uint8)
