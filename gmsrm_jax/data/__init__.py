@@ -2,7 +2,8 @@
 
 Prepare once (offline), then load:
   python -m gmsrm_jax.data.prepare --dataset=synthetic_scenes/64 --data_dir=DIR
-See docs/DATA.md.
+or from Python: `from gmsrm_jax.data.prepare import prepare` (not re-exported here, where the
+name would shadow the `prepare` module that `python -m` runs). See docs/DATA.md.
 """
 
 from gmsrm_jax.data.builders import DatasetNotPreparedError
@@ -13,7 +14,6 @@ from gmsrm_jax.data.pipeline import create_eval_iterator
 from gmsrm_jax.data.pipeline import create_train_iterator
 from gmsrm_jax.data.pipeline import dataset_info
 from gmsrm_jax.data.pipeline import num_examples
-from gmsrm_jax.data.prepare import prepare
 
 __all__ = [
     "create_eval_iterator",
@@ -23,6 +23,5 @@ __all__ = [
     "load_builder",
     "make_builder",
     "num_examples",
-    "prepare",
     "prepare_command",
 ]

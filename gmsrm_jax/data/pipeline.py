@@ -196,10 +196,17 @@ def eval_mask_fn(config: ml_collections.ConfigDict, mask_spec: tuple[str, object
   if value not in masks.HOLE_RATIO_BINS:
     raise ValueError(f"Unknown hole-ratio bin {value!r}; one of {list(masks.HOLE_RATIO_BINS)}.")
   if config.eval.mask_dir:
-    folder = masks.MaskFolder(config.eval.mask_dir, size, invert=config.eval.mask_invert)
+    folder = _mask_folder(config.eval.mask_dir, size, config.eval.mask_invert)
     return lambda index: folder.mask_for(index, value)
   return lambda index: masks.mask_in_bin(config.masks, size, seed=config.seed, index=index,
                                          bin_name=value)
+
+
+@functools.lru_cache(maxsize=2)
+def _mask_folder(path: str, size: int, invert: bool) -> masks.MaskFolder:
+  # Decoding a folder (12,000 PConv masks) takes a while; an evaluation makes one eval
+  # iterator per bin, all sharing the folder.
+  return masks.MaskFolder(path, size, invert=invert)
 
 
 class EvalExamples:

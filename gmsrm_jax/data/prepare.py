@@ -10,13 +10,16 @@ renames it at the end, so an interrupted preparation leaves nothing that counts 
 """
 
 from collections.abc import Sequence
+import os
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import tensorflow_datasets as tfds
 
 from gmsrm_jax.data import builders
+from gmsrm_jax.data import image_folder
 
 
 def prepare(name: str, builder_config: str = "", data_dir: str = "",
@@ -27,8 +30,8 @@ def prepare(name: str, builder_config: str = "", data_dir: str = "",
     logging.info("%s/%s is already prepared at %s.", name, builder.builder_config.name,
                  builder.data_dir)
     return builder
-  if name == "image_folder" and not manual_dir:
-    raise ValueError("image_folder needs manual_dir: the directory holding your images.")
+  if name == "image_folder":
+    _check_image_folder(manual_dir)
   download_config = tfds.download.DownloadConfig(
       manual_dir=manual_dir or None,
       # Nothing here lives on GCS, and statistics would pull in TensorFlow for nothing.
@@ -42,6 +45,17 @@ def prepare(name: str, builder_config: str = "", data_dir: str = "",
                builder.data_dir,
                {split: info.num_examples for split, info in builder.info.splits.items()})
   return builder
+
+
+def _check_image_folder(manual_dir: str) -> None:
+  # TFDS would only say "does not exist or is empty", without naming what it looks for.
+  if not manual_dir:
+    raise ValueError("image_folder needs manual_dir: the directory holding your images.")
+  if not os.path.isdir(manual_dir):
+    raise FileNotFoundError(f"image_folder: manual_dir {manual_dir} is not a directory.")
+  if not image_folder.list_image_files(epath.Path(manual_dir)):
+    raise ValueError(f"No image files ({', '.join(image_folder.IMAGE_EXTENSIONS)}) found "
+                     f"under {manual_dir}.")
 
 
 def main(argv: Sequence[str]) -> None:
