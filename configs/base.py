@@ -67,7 +67,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 2e-4
-  config.optim.b1 = 0.5
+  config.optim.b1 = 0.9  # Paper says only "Adam": PyTorch defaults (DESIGN.md).
   config.optim.b2 = 0.999
   config.optim.d_learning_rate = 2e-4
 
@@ -87,6 +87,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.eval.mask_dir = ""  # Optional external test masks (e.g. PConv); "" -> generated masks.
   config.eval.mask_invert = False  # Set when the folder's masks mark holes with 0.
   config.eval.use_ema = True
+  # GM-SRM Table I (irregular, 10% bins) and Table II (center masks). CICM's tables use the
+  # bins "0-20", "20-40", "40-60" instead.
+  config.eval.mask_bins = ("20-30", "30-40", "40-50", "50-60")
+  config.eval.center_ratios = (0.25, 0.5)
 
   if variant in (None, ""):
     pass
@@ -109,6 +113,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 2
     config.eval.num_images = 8
     config.eval.batch_size = 8
+    config.eval.mask_bins = ("20-30", "50-60")
+    config.eval.center_ratios = (0.25,)
   else:
     raise ValueError(f"Unknown variant {variant!r}; use one of '', 'demo', 'tiny'.")
   return config

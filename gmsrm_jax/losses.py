@@ -1,0 +1,37 @@
+"""Inpainting losses of GM-SRM (eqs. 10, 12, 13). Images in [-1, 1], masks 1 = hole."""
+
+import jax
+import jax.numpy as jnp
+
+
+def reconstruction_losses(prediction: jax.Array, target: jax.Array, mask: jax.Array
+                          ) -> dict[str, jax.Array]:
+  """The two L1 terms of eq. 10, each a mean over all pixels and channels of the batch.
+
+  Normalising both terms by the full image size (as PConv's L_valid / L_hole do) keeps the
+  weight gamma meaningful: a larger hole contributes proportionally more hole loss.
+  """
+  abs_error = jnp.abs(prediction - target)
+  return {
+      "rec_known": jnp.mean(abs_error * (1.0 - mask)),
+      "rec_hole": jnp.mean(abs_error * mask),
+  }
+
+
+def reconstruction_loss(losses: dict[str, jax.Array], gamma: float) -> jax.Array:
+  """L_rec = L_known-L1 + gamma * L_corrupted-L1 (eq. 10, gamma = 10 in the paper)."""
+  return losses["rec_known"] + gamma * losses["rec_hole"]
+
+
+def generator_adversarial_loss(fake_logits: jax.Array) -> jax.Array:
+  """Eq. 12: L_adv = -E[D(G(I))]."""
+  return -jnp.mean(fake_logits)
+
+
+def discriminator_hinge_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """Eq. 13 read as the hinge loss of SN-GANs: E[relu(1 - D(real))] + E[relu(1 + D(fake))].
+
+  Eq. 13 as printed is linear in D and unbounded; with eq. 12 as the generator loss and a
+  spectral-normalised D (ref. [45]) it is the hinge loss that is meant (see docs/DESIGN.md).
+  """
+  return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))

@@ -1,0 +1,155 @@
+"""train_and_evaluate: the one training loop every config runs through."""
+
+import functools
+import os
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gmsrm_jax import visualize
+from gmsrm_jax.data import pipeline
+from gmsrm_jax.train import checkpoint
+from gmsrm_jax.train import parallel
+from gmsrm_jax.train import state as state_lib
+from gmsrm_jax.train import step as step_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss term became NaN/inf; the run stops before that state can be checkpointed."""
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, components: state_lib.Components,
+                         mesh) -> tuple[Any, Any]:
+  """(init function, abstract state with shardings): the restore target and the init plan."""
+  size = config.data.crop_size
+  init_fn = functools.partial(state_lib.init_state, components,
+                              jax.random.PRNGKey(config.seed), (1, size, size, 3))
+  sharding = parallel.replicated(mesh)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          jax.eval_shape(init_fn))
+  return init_fn, abstract
+
+
+def restore_or_init(config, components, mesh, manager):
+  init_fn, abstract = abstract_train_state(config, components, mesh)
+  restored = checkpoint.restore(manager, abstract)
+  if restored is not None:
+    return restored[0]
+  logging.info("No checkpoint in %s: initialising from seed %d.", manager.directory, config.seed)
+  return parallel.create_sharded(init_fn, mesh)
+
+
+def check_finite(metrics: dict[str, Any], step: int) -> None:
+  for name, value in metrics.items():
+    if name.startswith("loss/") and not np.all(np.isfinite(value)):
+      raise NonFiniteLossError(f"Non-finite loss at step {step}: {name} = {float(value)}. "
+                               "Stopping before the state is checkpointed.")
+
+
+def _write_samples(writer, workdir: str, step: int, batch: dict[str, np.ndarray],
+                   output: np.ndarray) -> None:
+  grid = visualize.inpainting_grid(batch["image"], batch["mask"], output)
+  writer.write_images(step, {"samples": grid[None]})
+  if jax.process_index() == 0:
+    visualize.save_png(grid, os.path.join(workdir, "samples", f"step_{step:08d}.png"))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
+  """Trains `config` in `workdir`, resuming from the latest complete checkpoint there."""
+  workdir = os.path.abspath(workdir)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.train.batch_size, mesh)
+  components = state_lib.create_components(config)
+  manager = checkpoint.create_manager(workdir, max_to_keep=config.train.max_to_keep)
+  state = restore_or_init(config, components, mesh, manager)
+  start_step = int(state.step)
+  num_steps = config.train.num_steps
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
+
+  replicated = parallel.replicated(mesh)
+  train_step = jax.jit(functools.partial(step_lib.train_step, components, config),
+                       in_shardings=(replicated, parallel.batch_sharded(mesh)),
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+  predict = jax.jit(functools.partial(step_lib.predict, components),
+                    out_shardings=replicated)
+  # Fixed held-out examples, so sample grids are comparable across steps and runs.
+  sample_batch = next(iter(pipeline.create_eval_iterator(
+      config, mask_spec=("bin", "30-40"), num_images=config.eval.batch_size)))
+  sample_inputs = parallel.global_batch(
+      {k: sample_batch[k] for k in ("image", "mask")}, mesh)
+  sample_host = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
+                 for k, v in sample_inputs.items()}
+
+  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                                    every_secs=None, every_steps=config.train.log_every)
+  train_iter = pipeline.create_train_iterator(config, start_step=start_step)
+  logging.info("Training steps %d -> %d on %d device(s), %d process(es).", start_step, num_steps,
+               mesh.devices.size, jax.process_count())
+
+  summed, summed_count = None, 0
+  previous = None  # (step, device metrics) checked one step late to keep dispatch async.
+  interval_start, interval_steps = time.perf_counter(), 0
+  for step in range(start_step, num_steps):
+    batch = parallel.global_batch(next(train_iter), mesh)
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      state, metrics = train_step(state, batch)
+    if previous is not None:
+      check_finite(jax.device_get(previous[1]), previous[0])
+    previous = (step + 1, metrics)
+    summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
+    summed_count += 1
+    interval_steps += 1
+    done = step + 1
+    report_progress(done)
+
+    is_last = done == num_steps
+    if done % config.train.log_every == 0 or is_last:
+      host = jax.device_get(summed)
+      check_finite(host, done)
+      elapsed = time.perf_counter() - interval_start
+      scalars = {k: float(v) / summed_count for k, v in host.items()}
+      scalars["perf/img_per_sec"] = interval_steps * config.train.batch_size / elapsed
+      writer.write_scalars(done, scalars)
+      summed, summed_count = None, 0
+      interval_start, interval_steps = time.perf_counter(), 0
+
+    if done % config.train.sample_every == 0 or is_last:
+      output = predict(state.ema_params, state.g_state, sample_inputs["image"],
+                       sample_inputs["mask"])
+      _write_samples(writer, workdir, done, sample_host,
+                     np.asarray(multihost_utils.process_allgather(output,
+                                                                                   tiled=True)))
+
+    preempted = manager.reached_preemption(done)
+    if done % config.train.checkpoint_every == 0 or is_last or preempted:
+      check_finite(jax.device_get(metrics), done)
+      with report_progress.timed("checkpoint"):
+        checkpoint.save(manager, done, state, config, force=True)
+      if preempted:
+        logging.warning("Preemption signal at step %d: checkpoint saved, stopping.", done)
+        break
+  manager.wait_until_finished()
+  writer.flush()
+  return state
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{name}."))
+    else:
+      flat[name] = value
+  return flat

@@ -1,0 +1,65 @@
+"""Mesh, shardings, multi-process start-up and global batches (jit + NamedSharding, no pmap)."""
+
+from typing import Any, Callable, Sequence
+
+from absl import logging
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
+                                 process_id: int = -1) -> None:
+  """Joins a multi-process job when asked to; a single-process run needs nothing.
+
+  Explicit flags win; otherwise `jax.distributed.initialize()` auto-detects cluster
+  environments (SLURM, TPU pods, Open MPI) only when JAX_COORDINATOR_ADDRESS or a known
+  cluster environment is present — it is never attempted on a plain single machine.
+  """
+  if coordinator_address:
+    if jax.default_backend() == "cpu" or not _has_accelerator():
+      # CPU processes need an explicit collectives backend to talk to each other.
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+    logging.info("Joined distributed job: process %d of %d", jax.process_index(),
+                 jax.process_count())
+
+
+def _has_accelerator() -> bool:
+  try:
+    return any(d.platform != "cpu" for d in jax.devices())
+  except RuntimeError:
+    return False
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over every device of every process (default): pure data parallelism."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+  if global_batch_size % mesh.devices.size:
+    raise ValueError(f"Global batch size {global_batch_size} is not divisible by the "
+                     f"{mesh.devices.size} devices of the mesh.")
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles each process's slice of the batch into global arrays sharded on 'data'."""
+  sharding = batch_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def create_sharded(init_fn: Callable[[], Any], mesh: Mesh) -> Any:
+  """Builds the tree directly on the devices, replicated; the host never holds a full copy."""
+  return jax.jit(init_fn, out_shardings=replicated(mesh))()

@@ -1,0 +1,32 @@
+"""Sample grids: one row per example, columns masked input / output / ground truth."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] floats -> uint8."""
+  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(
+      np.uint8)
+
+
+def inpainting_grid(image: np.ndarray, mask: np.ndarray, output: np.ndarray,
+                    max_rows: int = 8, pad: int = 2) -> np.ndarray:
+  """uint8 [rows*(H+pad), 3*(W+pad), 3]. Holes in the input are shown white."""
+  image, mask, output = (np.asarray(a)[:max_rows] for a in (image, mask, output))
+  masked = image * (1.0 - mask) + mask
+  columns = [to_uint8(masked), to_uint8(output), to_uint8(image)]
+  n, h, w, _ = image.shape
+  grid = np.full((n * (h + pad), 3 * (w + pad), 3), 255, np.uint8)
+  for row in range(n):
+    for col, tiles in enumerate(columns):
+      y, x = row * (h + pad), col * (w + pad)
+      grid[y:y + h, x:x + w] = tiles[row]
+  return grid
+
+
+def save_png(grid: np.ndarray, path: str) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(grid).save(path)

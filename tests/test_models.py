@@ -1,0 +1,89 @@
+"""Shapes and equation-level behaviour of the base network, discriminator and losses."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gmsrm_jax import losses
+from gmsrm_jax import models
+from gmsrm_jax.models import layers
+
+
+def test_channel_attention_matches_squeeze_excitation():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 8))
+  module = layers.ChannelAttention(reduction=4)
+  variables = module.init(jax.random.key(1), x)
+  p = variables["params"]
+  pooled = np.asarray(x).mean(axis=(1, 2))
+  hidden = np.maximum(pooled @ np.asarray(p["squeeze"]["kernel"]) + np.asarray(p["squeeze"]["bias"]), 0)
+  scale = 1 / (1 + np.exp(-(hidden @ np.asarray(p["excite"]["kernel"]) + np.asarray(p["excite"]["bias"]))))
+  np.testing.assert_allclose(module.apply(variables, x), np.asarray(x) * scale[:, None, None],
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size,widths", [(32, (8, 16)), (64, (8, 16, 32))])
+def test_base_net_shapes_and_range(size, widths):
+  net = models.BaseInpaintingNet(encoder_channels=widths, stem_channels=4, ca_reduction=2)
+  image = jax.random.uniform(jax.random.key(0), (2, size, size, 3), minval=-1, maxval=1)
+  mask = jnp.zeros((2, size, size, 1)).at[:, 4:12, 4:12].set(1.0)
+  variables = net.init(jax.random.key(1), image, mask)
+  prediction, aux = net.apply(variables, image, mask)
+  assert prediction.shape == image.shape and aux == {}
+  assert float(jnp.max(jnp.abs(prediction))) <= 1.0
+  encoder_shapes = [f.shape for f in models.base.Encoder(widths, 4, 2).apply(
+      {"params": variables["params"]["encoder"]}, models.masked_input(image, mask))]
+  assert encoder_shapes == [(2, size >> i, size >> i, c) for i, c in enumerate((4, *widths))]
+
+
+def test_base_net_ignores_hole_pixels():
+  """The hole content is zeroed before the encoder, so it cannot leak into the prediction."""
+  net = models.BaseInpaintingNet(encoder_channels=(8, 16), stem_channels=4, ca_reduction=2)
+  image = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3), minval=-1, maxval=1)
+  mask = jnp.zeros((1, 32, 32, 1)).at[:, 8:20, 8:20].set(1.0)
+  other = image.at[:, 8:20, 8:20].set(0.7)
+  variables = net.init(jax.random.key(1), image, mask)
+  np.testing.assert_array_equal(net.apply(variables, image, mask)[0],
+                                net.apply(variables, other, mask)[0])
+
+
+def test_composite_keeps_known_pixels():
+  image = jnp.full((1, 4, 4, 3), 0.5)
+  prediction = jnp.full((1, 4, 4, 3), -0.25)
+  mask = jnp.zeros((1, 4, 4, 1)).at[:, :2].set(1.0)
+  out = models.composite(prediction, image, mask)
+  np.testing.assert_array_equal(out[:, :2], -0.25)
+  np.testing.assert_array_equal(out[:, 2:], 0.5)
+
+
+def test_discriminator_is_spectrally_normalised():
+  disc = models.PatchDiscriminator(channels=(8, 16))
+  image = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  mask = jnp.ones((2, 32, 32, 1))
+  variables = disc.init(jax.random.key(1), image, mask, update_stats=False)
+  for _ in range(30):  # Power iteration converges to the top singular value.
+    _, updated = disc.apply(variables, image, mask, update_stats=True, mutable=["batch_stats"])
+    variables = {**variables, **updated}
+  kernel = np.asarray(variables["params"]["sn_0"]["conv_0"]["kernel"]) if "sn_0" in variables[
+      "params"] else np.asarray(variables["params"]["conv_0"]["kernel"])
+  sigma = np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False)[0]
+  stored = float(variables["batch_stats"]["sn_0"]["conv_0/kernel/sigma"])
+  np.testing.assert_allclose(stored, sigma, rtol=1e-3)
+  assert disc.apply(variables, image, mask, update_stats=False).shape == (2, 8, 8)
+
+
+def test_reconstruction_losses_split_known_and_hole():
+  target = jnp.zeros((1, 2, 2, 1))
+  prediction = jnp.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 2, 2, 1)
+  mask = jnp.array([1.0, 0.0, 0.0, 1.0]).reshape(1, 2, 2, 1)
+  terms = losses.reconstruction_losses(prediction, target, mask)
+  np.testing.assert_allclose(terms["rec_hole"], (1 + 4) / 4)
+  np.testing.assert_allclose(terms["rec_known"], (2 + 3) / 4)
+  np.testing.assert_allclose(losses.reconstruction_loss(terms, 10.0), 5 / 4 + 10 * 5 / 4)
+
+
+def test_hinge_losses():
+  real = jnp.array([2.0, 0.5])
+  fake = jnp.array([-2.0, 0.5])
+  np.testing.assert_allclose(losses.discriminator_hinge_loss(real, fake), 0.25 + 0.75)
+  np.testing.assert_allclose(losses.generator_adversarial_loss(fake), 0.75)
