@@ -4,8 +4,8 @@ Run:
   python benchmarks/bench_metrics.py --batch=8 --size=256
 
 Prints compile time and the median steady-state time of each metric and of compute_all.
-Reference (2-core CPU, batch 8 at 256x256x3): compute_all ~0.2-0.45 s (varies with machine load), of which SSIM
-(two-pass variances, 121 shifted terms) is ~80%; see docs/METRICS.md.
+Reference (2-core CPU, batch 8 at 256x256x3): compute_all ~0.2-0.45 s depending on machine
+load, of which SSIM (two-pass variances, 121 shifted terms) is ~80%; see docs/METRICS.md.
 """
 
 import argparse
