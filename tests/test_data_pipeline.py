@@ -104,6 +104,15 @@ def test_exact_resume(config):
   assert not np.array_equal(uninterrupted[14]["image"], uninterrupted[15]["image"])
 
 
+def test_thread_count_does_not_change_the_batches(config):
+  threaded = _batches(config, 5, 3, process_index=0, process_count=1)
+  config.data.num_threads = 0  # Grain then builds batches in the calling thread.
+  sequential = _batches(config, 5, 3, process_index=0, process_count=1)
+  for a, b in zip(threaded, sequential):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_two_processes_together_see_the_single_process_batch(config):
   single = _batches(config, 3, 2, process_index=0, process_count=1)
   first = _batches(config, 3, 2, process_index=0, process_count=2)
@@ -121,8 +130,8 @@ def test_indivisible_global_batch_is_an_error(config):
 
 def test_each_epoch_visits_every_example_once_in_a_new_order(config):
   images = pipeline.RobustImages(pipeline.open_split(config, "train"), "train")
-  examples = pipeline.TrainExamples(images, config, process_index=0, local_batch=8)
-  epochs = [[examples.record_index(step, row) for step in range(16 * e, 16 * (e + 1))
+  batches = pipeline.TrainBatches(images, config, process_index=0, local_batch=8)
+  epochs = [[batches.record_index(step, row) for step in range(16 * e, 16 * (e + 1))
              for row in range(8)] for e in range(2)]
   assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(128))
   assert epochs[0] != epochs[1]
@@ -145,9 +154,9 @@ def test_undecodable_records_are_replaced_deterministically_and_counted(config):
   # Record 1 and 2 are bad: both are served by record 3, the next good one.
   assert np.asarray(images[1])[0, 0, 0] == 20 and np.asarray(images[2])[0, 0, 0] == 20
   assert images.skipped.counts["corrupt"] == 3  # 1 -> 2 -> 3, then 2 -> 3.
-  examples = pipeline.TrainExamples(images, config, process_index=0, local_batch=8)
-  first = [examples(q)["image"] for q in range(10)]
-  again = [examples(q)["image"] for q in range(10)]
+  batches = pipeline.TrainBatches(images, config, process_index=0, local_batch=8)
+  first = [batches(step)["image"] for step in range(3)]
+  again = [batches(step)["image"] for step in range(3)]
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a, b)
   assert images.skipped.total > 3

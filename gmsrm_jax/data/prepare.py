@@ -22,9 +22,14 @@ from gmsrm_jax.data import builders
 from gmsrm_jax.data import image_folder
 
 
-def prepare(name: str, builder_config: str = "", data_dir: str = "",
-            manual_dir: str = "") -> tfds.core.DatasetBuilder:
-  """Prepares `name`/`builder_config` under `data_dir` unless already there; returns the builder."""
+def prepare(name: str, builder_config: str = "", data_dir: str = "", manual_dir: str = "", *,
+            max_examples_per_split: int | None = None) -> tfds.core.DatasetBuilder:
+  """Prepares `name`/`builder_config` under `data_dir` unless already there; returns the builder.
+
+  `max_examples_per_split` truncates every split (generation stops early): a quick stand-in
+  of a large configuration for benchmarks and smoke tests. Use a separate data_dir for it,
+  since the truncated dataset otherwise counts as the prepared full one.
+  """
   builder = builders.make_builder(name, builder_config, data_dir)
   if builder.is_prepared():
     logging.info("%s/%s is already prepared at %s.", name, builder.builder_config.name,
@@ -37,6 +42,7 @@ def prepare(name: str, builder_config: str = "", data_dir: str = "",
       # Nothing here lives on GCS, and statistics would pull in TensorFlow for nothing.
       try_download_gcs=False,
       compute_stats=tfds.download.ComputeStatsMode.SKIP,
+      max_examples_per_split=max_examples_per_split,
   )
   # array_record gives random access (tfds.data_source), which the grain pipeline relies on
   # for its step-indexed, resumable iteration.

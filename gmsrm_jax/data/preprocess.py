@@ -19,9 +19,10 @@ def check_sizes(resize_shorter: int, crop_size: int) -> None:
 
 
 def train_image(image: Image.Image, *, resize_shorter: int, crop_size: int, random_flip: bool,
-                rng: np.random.Generator) -> np.ndarray:
+                rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
   """Resize, random crop and (optionally) random horizontal flip -> float32 [crop, crop, 3].
 
+  `out`, if given, receives the result (a row of a preallocated batch: no extra copy).
   The RNG draws are always (x offset, y offset, flip coin) in that order, so the crop of an
   example does not depend on whether flipping is enabled.
   """
@@ -33,20 +34,22 @@ def train_image(image: Image.Image, *, resize_shorter: int, crop_size: int, rand
   pixels = np.asarray(image.crop((left, top, left + crop_size, top + crop_size)))
   if flip:
     pixels = pixels[:, ::-1]
-  return to_signed_unit(pixels)
+  return to_signed_unit(pixels, out)
 
 
-def eval_image(image: Image.Image, *, resize_shorter: int, crop_size: int) -> np.ndarray:
-  """Resize and deterministic center crop -> float32 [crop, crop, 3]."""
+def eval_image(image: Image.Image, *, resize_shorter: int, crop_size: int,
+               out: np.ndarray | None = None) -> np.ndarray:
+  """Resize and deterministic center crop -> float32 [crop, crop, 3] (into `out` if given)."""
   image = decode.resize_shorter_side(image, resize_shorter)
   width, height = image.size
   left, top = (width - crop_size) // 2, (height - crop_size) // 2
-  return to_signed_unit(np.asarray(image.crop((left, top, left + crop_size, top + crop_size))))
+  pixels = np.asarray(image.crop((left, top, left + crop_size, top + crop_size)))
+  return to_signed_unit(pixels, out)
 
 
-def to_signed_unit(pixels: np.ndarray) -> np.ndarray:
+def to_signed_unit(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
   """uint8 [0, 255] -> float32 [-1, 1] (0 -> -1, 255 -> 1 exactly)."""
-  out = np.multiply(pixels, np.float32(2 / 255), dtype=np.float32)
+  out = np.multiply(pixels, np.float32(2 / 255), dtype=np.float32, out=out)
   out -= np.float32(1)
   return out
 
