@@ -49,6 +49,19 @@ def test_resize_makes_the_shorter_side_resize_shorter():
   assert decode.resize_shorter_side(_gradient_image(20, 30), 36).size == (36, 54)  # Upscale.
 
 
+@pytest.mark.parametrize("size", [(450, 300), (1000, 900), (48, 40), (37, 300)])
+def test_resized_crop_equals_resize_then_crop(size):
+  # Only the crop window is resampled; it must match resizing everything and then cropping.
+  image = Image.fromarray(np.random.default_rng(3).integers(0, 256, size[::-1] + (3,),
+                                                             np.uint8))
+  shorter, crop = (320, 256) if min(size) > 100 else (36, 32)
+  full = decode.resize_shorter_side(image, shorter)
+  for left, top in [(0, 0), (full.size[0] - crop, full.size[1] - crop), (1, 2)]:
+    expected = np.asarray(full.crop((left, top, left + crop, top + crop))).astype(int)
+    got = np.asarray(preprocess.resized_crop(image, shorter, left, top, crop)).astype(int)
+    assert np.abs(expected - got).max() <= 1 and np.abs(expected - got).mean() < 0.01
+
+
 def test_random_crop_and_flip_are_deterministic_and_really_flip():
   image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), np.uint8))
 

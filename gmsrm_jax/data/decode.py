@@ -141,9 +141,18 @@ def resize_shorter_side(image: Image.Image, shorter: int, *,
   width, height = image.size
   if min(width, height) == shorter or (only_downscale and min(width, height) < shorter):
     return image
+  return image.resize(resized_size(image.size, shorter), RESAMPLE, reducing_gap=REDUCING_GAP)
+
+
+RESAMPLE = Image.Resampling.BICUBIC
+REDUCING_GAP = 3.0
+
+
+def resized_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
+  """(width, height) after scaling `size` so that its shorter side is `shorter`."""
+  width, height = size
   scale = shorter / min(width, height)
-  size = (max(shorter, round(width * scale)), max(shorter, round(height * scale)))
-  return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+  return max(shorter, round(width * scale)), max(shorter, round(height * scale))
 
 
 def encode_png(image: np.ndarray, compress_level: int = 6) -> bytes:
