@@ -1,6 +1,9 @@
 """Shared flags of the entry points (train.py, evaluate.py)."""
 
+import logging
+
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from gmsrm_jax.train import parallel
@@ -19,6 +22,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def setup():
   """Hides accelerators from TensorFlow (used for data only), joins a multi-process job."""
+  # orbax logs every checkpoint phase at INFO; keep its warnings, drop the play-by-play.
+  absl_logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= logging.WARNING or "/orbax/" not in record.pathname)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,

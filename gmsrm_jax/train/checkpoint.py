@@ -26,8 +26,10 @@ def create_manager(workdir: str, *, max_to_keep: int | None = None,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
       enable_async_checkpointing=True, read_only=read_only, create=not read_only)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), item_names=(STATE, CONFIG),
-                               options=options)
+  # Handlers named up front, so a fresh manager can read metadata before any save/restore.
+  return ocp.CheckpointManager(
+      checkpoint_dir(workdir), options=options,
+      item_handlers={STATE: ocp.StandardCheckpointHandler(), CONFIG: ocp.JsonCheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
@@ -78,6 +80,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
   if step is None:
     return None
   metadata = manager.item_metadata(step)[STATE]
+  if metadata is None:
+    raise CheckpointMismatchError(f"Checkpoint step {step} in {manager.directory} has no "
+                                  "readable train state.")
   _check_compatible(metadata, abstract_state)
   restored = manager.restore(step, args=ocp.args.Composite(**{
       STATE: ocp.args.StandardRestore(abstract_state)}))
