@@ -10,8 +10,8 @@ Training batches are a pure function of (config.seed, step, process slot); see d
 So the step is the whole iterator state: resuming at `start_step=s` replays exactly the
 batches an uninterrupted run sees from step s (no repeats, no skips), and a run on P processes
 sees the same global batches as on 1 (process i holds rows i*B_local ... (i+1)*B_local - 1).
-Each process reads only its own examples. Grain only adds parallelism: a thread pool decodes
-and augments examples ahead of the consumer, in order.
+Each process reads only its own examples. Grain only adds parallelism: a thread pool builds
+whole batches ahead of the consumer, delivered in step order.
 """
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -85,14 +85,15 @@ class RobustImages:
     return len(self._records)
 
   def __getitem__(self, index: int) -> Image.Image:
-    for attempt in range(min(_MAX_SUBSTITUTIONS, len(self._records))):
+    attempts = min(_MAX_SUBSTITUTIONS, len(self._records))
+    for attempt in range(attempts):
       record_index = (index + attempt) % len(self._records)
       try:
         return decode.decode_pil(self._records[record_index]["image"])
       except decode.DecodeError as e:
         self.skipped.record(e.reason, f"record {record_index}: {e.detail}")
-    raise RuntimeError(f"{_MAX_SUBSTITUTIONS} consecutive records from {index} failed to "
-                       "decode; the dataset is damaged. Re-prepare it.")
+    raise RuntimeError(f"{attempts} consecutive records from {index} failed to decode; the "
+                       "dataset is damaged. Re-prepare it.")
 
 
 def _process_slot(process_index: int | None, process_count: int | None) -> tuple[int, int]:
