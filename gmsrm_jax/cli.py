@@ -13,7 +13,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "--config.train.num_steps=10; unknown fields are an error.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", "", "host:port of process 0 for a multi-process job; empty for a "
+    "coordinator_address", "", "host:port of process 0 for a multi-process job; 'auto' lets "
+    "jax.distributed.initialize() detect a managed cluster (TPU pod, SLURM); empty for a "
     "single process.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index in the job.")

@@ -14,25 +14,22 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
                                  process_id: int = -1) -> None:
   """Joins a multi-process job when asked to; a single-process run needs nothing.
 
-  Explicit flags win; otherwise `jax.distributed.initialize()` auto-detects cluster
-  environments (SLURM, TPU pods, Open MPI) only when JAX_COORDINATOR_ADDRESS or a known
-  cluster environment is present — it is never attempted on a plain single machine.
+  With no coordinator address the job is single-process, except on TPU pods and similar
+  managed clusters, where the entry point may call `jax.distributed.initialize()` with no
+  arguments (pass --coordinator_address=auto).
   """
   if coordinator_address:
-    if jax.default_backend() == "cpu" or not _has_accelerator():
-      # CPU processes need an explicit collectives backend to talk to each other.
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    # CPU processes need a collectives backend to talk to each other; the setting only affects
+    # the CPU client, so it is harmless on GPU/TPU hosts. It must precede backend start-up,
+    # hence no device query here.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator_address == "auto":
+      jax.distributed.initialize()
+    else:
+      jax.distributed.initialize(coordinator_address=coordinator_address,
+                                 num_processes=num_processes, process_id=process_id)
     logging.info("Joined distributed job: process %d of %d", jax.process_index(),
                  jax.process_count())
-
-
-def _has_accelerator() -> bool:
-  try:
-    return any(d.platform != "cpu" for d in jax.devices())
-  except RuntimeError:
-    return False
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
