@@ -12,9 +12,9 @@ At preparation each file goes through `decode.decode_image` (conversion rules th
 docs/DATA.md), is downscaled so its shorter side is at most `max_shorter_side` (the
 `resize_shorter` the configs load at, so loading does not resample again), and is stored as
 JPEG quality 95 with 4:4:4 chroma (~41 dB from the decoded source): for photographs PNG would
-be 4x larger and 5x slower to decode, which would halve the input pipeline's throughput. Corrupt, too small (shorter side < `min_side`) and too large files are skipped,
-logged one by one and counted; the counts are saved in the dataset's metadata
-(`info.metadata["skipped"]`).
+be 4x larger and 5x slower to decode, which would halve the input pipeline's throughput.
+Corrupt, too small (shorter side < `min_side`) and too large files are skipped, logged one by
+one and counted; the counts are saved in the dataset's metadata (`info.metadata["skipped"]`).
 """
 
 import dataclasses

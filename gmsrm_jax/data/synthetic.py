@@ -125,10 +125,14 @@ def _random_colours(rng, count):
   hue = rng.uniform(0, 1, count)
   saturation = rng.uniform(0.25, 0.9, count)
   value = rng.uniform(0.3, 0.98, count)
+  # The textbook HSV -> RGB conversion: six hue sectors, each a fixed order of (v, t, p, q).
   sector = np.floor(hue * 6).astype(int) % 6
   f = hue * 6 - np.floor(hue * 6)
-  p, q, t = value * (1 - saturation), value * (1 - f * saturation), value * (1 - (1 - f) * saturation)
-  table = [(value, t, p), (q, value, p), (p, value, t), (p, q, value), (t, p, value), (value, p, q)]
+  p = value * (1 - saturation)
+  q = value * (1 - f * saturation)
+  t = value * (1 - (1 - f) * saturation)
+  table = [(value, t, p), (q, value, p), (p, value, t), (p, q, value), (t, p, value),
+           (value, p, q)]
   rgb = np.stack([np.choose(sector, [row[c] for row in table]) for c in range(3)], axis=-1)
   return rgb.astype(np.float32)
 
