@@ -96,11 +96,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     pass
   elif variant == "demo":
     _shrink(config, image=64, resize=72, widths=(32, 64, 128), stem=16,
-            disc=(32, 64, 128), steps=3000, batch=16)
+            disc=(32, 64, 128), steps=1500, batch=16)
     config.data.builder_config = "64"
     config.train.log_every = 100
-    config.train.sample_every = 1000
-    config.train.checkpoint_every = 1000
+    config.train.sample_every = 500
+    config.train.checkpoint_every = 500
     config.eval.num_images = 64
   elif variant == "tiny":
     _shrink(config, image=32, resize=36, widths=(8, 16), stem=8, disc=(8, 16),
