@@ -19,6 +19,7 @@ import ml_collections
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.task = "inpainting"  # gmsrm_jax/train/tasks.py
 
   # Data (GM-SRM §IV-A: resize shorter side to 320, random crop 256, random flip).
   config.data = ml_collections.ConfigDict()
@@ -61,6 +62,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
   # Losses (eq. 14): lambda_1 * L_rec + lambda_3 * L_adv; gamma from eq. 10.
   config.loss = ml_collections.ConfigDict()
+  config.loss.objective = "gmsrm"  # gmsrm_jax/objectives.py
   config.loss.gamma = 10.0
   config.loss.rec_weight = 1.0
   config.loss.adv_weight = 0.01

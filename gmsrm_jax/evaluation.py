@@ -23,7 +23,7 @@ from gmsrm_jax.data import pipeline
 from gmsrm_jax.train import checkpoint
 from gmsrm_jax.train import loop
 from gmsrm_jax.train import parallel
-from gmsrm_jax.train import state as state_lib
+from gmsrm_jax.train import tasks
 from gmsrm_jax.train import step as step_lib
 
 # Display name, key in metrics_lib.compute_all, whether higher is better.
@@ -54,9 +54,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
   workdir = os.path.abspath(workdir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.eval.batch_size, mesh)
-  components = state_lib.create_components(config)
+  task = tasks.get(config)
+  components = task.create_components(config)
   manager = checkpoint.create_manager(workdir, read_only=True)
-  _, abstract = loop.abstract_train_state(config, components, mesh)
+  _, abstract = loop.abstract_train_state(config, task, components, mesh)
   restored = checkpoint.restore(manager, abstract, step)
   if restored is None:
     raise FileNotFoundError(

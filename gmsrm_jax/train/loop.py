@@ -9,7 +9,6 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -19,27 +18,26 @@ from gmsrm_jax.data import pipeline
 from gmsrm_jax.train import checkpoint
 from gmsrm_jax.train import parallel
 from gmsrm_jax.train import state as state_lib
-from gmsrm_jax.train import step as step_lib
+from gmsrm_jax.train import tasks
 
 
 class NonFiniteLossError(FloatingPointError):
   """A loss term became NaN/inf; the run stops before that state can be checkpointed."""
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, components: state_lib.Components,
+def abstract_train_state(config: ml_collections.ConfigDict, task: tasks.Task, components: Any,
                          mesh) -> tuple[Any, Any]:
   """(init function, abstract state with shardings): the restore target and the init plan."""
-  size = config.data.crop_size
-  init_fn = functools.partial(state_lib.init_state, components,
-                              jax.random.PRNGKey(config.seed), (1, size, size, 3))
+  init_fn = functools.partial(task.init_state, components, config,
+                              jax.random.PRNGKey(config.seed))
   sharding = parallel.replicated(mesh)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           jax.eval_shape(init_fn))
   return init_fn, abstract
 
 
-def restore_or_init(config, components, mesh, manager):
-  init_fn, abstract = abstract_train_state(config, components, mesh)
+def restore_or_init(config, task, components, mesh, manager):
+  init_fn, abstract = abstract_train_state(config, task, components, mesh)
   restored = checkpoint.restore(manager, abstract)
   if restored is not None:
     return restored[0]
@@ -54,9 +52,7 @@ def check_finite(metrics: dict[str, Any], step: int) -> None:
                                "Stopping before the state is checkpointed.")
 
 
-def _write_samples(writer, workdir: str, step: int, batch: dict[str, np.ndarray],
-                   output: np.ndarray) -> None:
-  grid = visualize.inpainting_grid(batch["image"], batch["mask"], output)
+def _write_samples(writer, workdir: str, step: int, grid: np.ndarray) -> None:
   writer.write_images(step, {"samples": grid[None]})
   if jax.process_index() == 0:
     visualize.save_png(grid, os.path.join(workdir, "samples", f"step_{step:08d}.png"))
@@ -67,9 +63,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   workdir = os.path.abspath(workdir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.batch_size, mesh)
-  components = state_lib.create_components(config)
+  task = tasks.get(config)
+  components = task.create_components(config)
   manager = checkpoint.create_manager(workdir, max_to_keep=config.train.max_to_keep)
-  state = restore_or_init(config, components, mesh, manager)
+  state = restore_or_init(config, task, components, mesh, manager)
   start_step = int(state.step)
   num_steps = config.train.num_steps
 
@@ -78,18 +75,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
 
   replicated = parallel.replicated(mesh)
-  train_step = jax.jit(functools.partial(step_lib.train_step, components, config),
+  train_step = jax.jit(functools.partial(task.train_step, components, config),
                        in_shardings=(replicated, parallel.batch_sharded(mesh)),
                        out_shardings=(replicated, replicated), donate_argnums=0)
-  predict = jax.jit(functools.partial(step_lib.predict, components),
-                    out_shardings=replicated)
-  # Fixed held-out examples, so sample grids are comparable across steps and runs.
-  sample_batch = next(iter(pipeline.create_eval_iterator(
-      config, mask_spec=("bin", "30-40"), num_images=config.eval.batch_size)))
-  sample_inputs = parallel.global_batch(
-      {k: sample_batch[k] for k in ("image", "mask")}, mesh)
-  sample_host = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
-                 for k, v in sample_inputs.items()}
+  sample = task.make_sampler(components, config, mesh)
 
   report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                                     every_secs=None, every_steps=config.train.log_every)
@@ -125,11 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       interval_start, interval_steps = time.perf_counter(), 0
 
     if done % config.train.sample_every == 0 or is_last:
-      output = predict(state.ema_params, state.g_state, sample_inputs["image"],
-                       sample_inputs["mask"])
-      _write_samples(writer, workdir, done, sample_host,
-                     np.asarray(multihost_utils.process_allgather(output,
-                                                                                   tiled=True)))
+      _write_samples(writer, workdir, done, sample(state))
 
     preempted = manager.reached_preemption(done)
     if done % config.train.checkpoint_every == 0 or is_last or preempted:

@@ -12,21 +12,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from gmsrm_jax import losses as losses_lib
 from gmsrm_jax import models
+from gmsrm_jax import objectives
 from gmsrm_jax.train.state import Components, TrainState
-
-
-def _weighted_total(terms: dict[str, jax.Array], loss_config: ml_collections.ConfigDict
-                    ) -> jax.Array:
-  """Eq. 14. Every term a model reports needs a `<name>_weight` in config.loss (no silent 0)."""
-  total = loss_config.rec_weight * losses_lib.reconstruction_loss(terms, loss_config.gamma)
-  total += loss_config.adv_weight * terms["adv_g"]
-  for name, value in terms.items():
-    if name in ("rec_known", "rec_hole", "adv_g"):
-      continue
-    total += loss_config[f"{name}_weight"] * value
-  return total
 
 
 def generator_forward(components: Components, g_params: Any, g_state: dict[str, Any],
@@ -44,17 +32,32 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
   image, mask = batch["image"], batch["mask"]
   step_rng = jax.random.fold_in(state.rng, state.step)
   disc = components.discriminator
+  objective = objectives.get(config.loss)
+
+  def discriminate(d_params, images, *, update_stats):
+    # Real and fake in one call: one spectral-norm power iteration per step, one D launch.
+    both_masks = jnp.concatenate([mask, mask])
+    if update_stats:
+      logits, new_d_state = disc.apply({"params": d_params, **state.d_state}, images,
+                                       both_masks, update_stats=True,
+                                       mutable=list(state.d_state.keys()))
+    else:
+      logits = disc.apply({"params": d_params, **state.d_state}, images, both_masks,
+                          update_stats=False)
+      new_d_state = state.d_state
+    real_logits, fake_logits = jnp.split(logits, 2)
+    return real_logits, fake_logits, dict(new_d_state)
 
   def g_loss_fn(g_params):
     prediction, aux, new_g_state = generator_forward(
         components, g_params, state.g_state, image, mask, train=True, rng=step_rng)
     completed = models.composite(prediction, image, mask)
-    fake_logits = disc.apply({"params": state.d_params, **state.d_state}, completed, mask,
-                             update_stats=False)
-    terms = {**losses_lib.reconstruction_losses(prediction, image, mask),
-             "adv_g": losses_lib.generator_adversarial_loss(fake_logits), **aux}
-    total = _weighted_total(terms, config.loss)
-    return total, (terms, completed, new_g_state)
+    real_logits, fake_logits, _ = discriminate(
+        state.d_params, jnp.concatenate([image, completed]), update_stats=False)
+    terms = {**objective.generator_terms(image=image, mask=mask, prediction=prediction,
+                                         real_logits=real_logits, fake_logits=fake_logits),
+             **aux}
+    return objective.generator_total(terms, config.loss), (terms, completed, new_g_state)
 
   (g_total, (g_terms, completed, new_g_state)), g_grads = jax.value_and_grad(
       g_loss_fn, has_aux=True)(state.g_params)
@@ -62,12 +65,9 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
   fake = jax.lax.stop_gradient(completed)
 
   def d_loss_fn(d_params):
-    # Real and fake in one call, so the spectral-norm power iteration advances once per step.
-    logits, new_d_state = disc.apply(
-        {"params": d_params, **state.d_state}, jnp.concatenate([image, fake]),
-        jnp.concatenate([mask, mask]), update_stats=True, mutable=list(state.d_state.keys()))
-    real_logits, fake_logits = jnp.split(logits, 2)
-    loss = losses_lib.discriminator_hinge_loss(real_logits, fake_logits)
+    real_logits, fake_logits, new_d_state = discriminate(
+        d_params, jnp.concatenate([image, fake]), update_stats=True)
+    loss = objective.discriminator_loss(real_logits, fake_logits)
     return loss, (new_d_state, jnp.mean(real_logits), jnp.mean(fake_logits))
 
   (d_loss, (new_d_state, real_mean, fake_mean)), d_grads = jax.value_and_grad(
@@ -77,20 +77,23 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
   g_params = optax.apply_updates(state.g_params, g_updates)
   d_updates, d_opt_state = components.d_tx.update(d_grads, state.d_opt_state, state.d_params)
   d_params = optax.apply_updates(state.d_params, d_updates)
-  decay = config.train.ema_decay
-  ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params,
-                            g_params)
 
   new_state = state.replace(
       step=state.step + 1, g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
-      d_opt_state=d_opt_state, ema_params=ema_params, g_state=new_g_state,
-      d_state=dict(new_d_state))
+      d_opt_state=d_opt_state, ema_params=ema_update(state.ema_params, g_params,
+                                                     config.train.ema_decay),
+      g_state=new_g_state, d_state=new_d_state)
   metrics = {**{f"loss/{k}": v for k, v in g_terms.items()},
-             "loss/g_total": g_total, "loss/d_hinge": d_loss,
+             "loss/g_total": g_total, "loss/d": d_loss,
              "disc/real_logit": real_mean, "disc/fake_logit": fake_mean,
              "grad_norm/g": optax.tree.norm(g_grads),
              "grad_norm/d": optax.tree.norm(d_grads)}
   return new_state, metrics
+
+
+def ema_update(ema_params: Any, params: Any, decay: float) -> Any:
+  """ema <- decay * ema + (1 - decay) * params."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
 
 
 def predict(components: Components, params: Any, g_state: dict[str, Any], image: jax.Array,

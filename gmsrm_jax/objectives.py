@@ -1,0 +1,79 @@
+"""Training objectives: which loss terms a paper uses and how they are weighted.
+
+The train step is shared; an objective turns (prediction, discriminator logits, auxiliary terms
+reported by the generator) into named loss terms and one weighted total, and gives the
+discriminator's loss. `config.loss.objective` picks one.
+"""
+
+from typing import Protocol
+
+import jax
+import ml_collections
+
+from gmsrm_jax import losses
+
+
+class Objective(Protocol):
+
+  def generator_terms(self, *, image: jax.Array, mask: jax.Array, prediction: jax.Array,
+                      real_logits: jax.Array, fake_logits: jax.Array) -> dict[str, jax.Array]:
+    """Unweighted loss terms of G. `real_logits` are D on the ground truth (no G gradient)."""
+
+  def generator_total(self, terms: dict[str, jax.Array],
+                      loss_config: ml_collections.ConfigDict) -> jax.Array:
+    """The weighted sum minimised by G."""
+
+  def discriminator_loss(self, real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+    """The loss minimised by D."""
+
+
+def weighted_auxiliary(terms: dict[str, jax.Array], known: tuple[str, ...],
+                       loss_config: ml_collections.ConfigDict) -> jax.Array:
+  """Sum of every term not in `known`, each times `config.loss.<name>_weight`.
+
+  Terms come from the generator (e.g. the KL of GM-SRM eq. 9, the CICM ratio loss); a term
+  without a configured weight is an error, never a silent zero.
+  """
+  total = 0.0
+  for name, value in terms.items():
+    if name in known:
+      continue
+    weight_name = f"{name}_weight"
+    if weight_name not in loss_config:
+      raise KeyError(f"The generator reports loss term {name!r} but config.loss has no "
+                     f"{weight_name!r}.")
+    total += loss_config[weight_name] * value
+  return total
+
+
+class GMSRMObjective:
+  """GM-SRM eq. 14 without the perceptual term: λ1·L_rec (eq. 10) + λ3·L_adv (eq. 12)."""
+
+  _OWN = ("rec_known", "rec_hole", "adv_g")
+
+  def generator_terms(self, *, image, mask, prediction, real_logits, fake_logits):
+    del real_logits  # Eq. 12 only looks at the fake.
+    return {**losses.reconstruction_losses(prediction, image, mask),
+            "adv_g": losses.generator_adversarial_loss(fake_logits)}
+
+  def generator_total(self, terms, loss_config):
+    return (loss_config.rec_weight * losses.reconstruction_loss(terms, loss_config.gamma)
+            + loss_config.adv_weight * terms["adv_g"]
+            + weighted_auxiliary(terms, self._OWN, loss_config))
+
+  def discriminator_loss(self, real_logits, fake_logits):
+    return losses.discriminator_hinge_loss(real_logits, fake_logits)
+
+
+_OBJECTIVES = {"gmsrm": GMSRMObjective}
+
+
+def register(name: str, objective_class) -> None:
+  _OBJECTIVES[name] = objective_class
+
+
+def get(loss_config: ml_collections.ConfigDict) -> Objective:
+  name = loss_config.objective
+  if name not in _OBJECTIVES:
+    raise ValueError(f"Unknown config.loss.objective {name!r}; known: {sorted(_OBJECTIVES)}.")
+  return _OBJECTIVES[name]()

@@ -1,0 +1,82 @@
+"""Tasks: what a config trains. The loop (checkpointing, sharding, logging, resume) is shared.
+
+A task provides the stateless components, the initial TrainState, the pure train step, and a
+sampler for the sample grids. `config.task` names it; modules register lazily, so a task's
+dependencies are imported only when it is used.
+"""
+
+import dataclasses
+import functools
+import importlib
+from typing import Any, Callable
+
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from gmsrm_jax import visualize
+from gmsrm_jax.data import pipeline
+from gmsrm_jax.train import parallel
+from gmsrm_jax.train import state as state_lib
+from gmsrm_jax.train import step as step_lib
+
+# state, batch -> (state, metrics); pure, jitted by the loop with the state donated.
+StepFn = Callable[[Any, ml_collections.ConfigDict, state_lib.TrainState, dict],
+                  tuple[state_lib.TrainState, dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  create_components: Callable[[ml_collections.ConfigDict], Any]
+  # (components, config, rng) -> TrainState. Pure: the loop jits it with replicated outputs.
+  init_state: Callable[[Any, ml_collections.ConfigDict, jax.Array], state_lib.TrainState]
+  train_step: StepFn
+  # (components, config, mesh) -> (state -> uint8 grid image). Fixed inputs are prepared once,
+  # so grids are comparable across steps and runs.
+  make_sampler: Callable[[Any, ml_collections.ConfigDict, Any],
+                         Callable[[state_lib.TrainState], np.ndarray]]
+
+
+def _inpainting_init(components, config, rng):
+  size = config.data.crop_size
+  return state_lib.init_state(components, rng, (1, size, size, 3))
+
+
+def _inpainting_sampler(components, config, mesh):
+  batch = next(iter(pipeline.create_eval_iterator(
+      config, mask_spec=("bin", "30-40"), num_images=config.eval.batch_size)))
+  inputs = parallel.global_batch({k: batch[k] for k in ("image", "mask")}, mesh)
+  host = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
+          for k, v in inputs.items()}
+  predict = jax.jit(functools.partial(step_lib.predict, components),
+                    out_shardings=parallel.replicated(mesh))
+
+  def sample(state):
+    output = predict(state.ema_params, state.g_state, inputs["image"], inputs["mask"])
+    output = np.asarray(multihost_utils.process_allgather(output, tiled=True))
+    return visualize.inpainting_grid(host["image"], host["mask"], output)
+
+  return sample
+
+
+INPAINTING = Task(create_components=state_lib.create_components, init_state=_inpainting_init,
+                  train_step=step_lib.train_step, make_sampler=_inpainting_sampler)
+
+# Tasks defined in other modules: name -> "module:attribute", imported on first use.
+_LAZY = {}
+_TASKS = {"inpainting": INPAINTING}
+
+
+def register_lazy(name: str, target: str) -> None:
+  _LAZY[name] = target
+
+
+def get(config: ml_collections.ConfigDict) -> Task:
+  name = config.task
+  if name not in _TASKS and name in _LAZY:
+    module, attribute = _LAZY[name].split(":")
+    _TASKS[name] = getattr(importlib.import_module(module), attribute)
+  if name not in _TASKS:
+    raise ValueError(f"Unknown config.task {name!r}; known: {sorted({*_TASKS, *_LAZY})}.")
+  return _TASKS[name]
