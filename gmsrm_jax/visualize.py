@@ -5,11 +5,7 @@ import os
 import numpy as np
 from PIL import Image
 
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """[-1, 1] floats -> uint8."""
-  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(
-      np.uint8)
+from gmsrm_jax.data.preprocess import to_uint8
 
 
 def inpainting_grid(image: np.ndarray, mask: np.ndarray, output: np.ndarray,
