@@ -1,7 +1,11 @@
-"""Inpainting losses of GM-SRM (eqs. 10, 12, 13). Images in [-1, 1], masks 1 = hole."""
+"""Inpainting losses of GM-SRM (eqs. 10-13). Images in [-1, 1], masks 1 = hole."""
+
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+
+from gmsrm_jax.features import vgg19
 
 
 def reconstruction_losses(prediction: jax.Array, target: jax.Array, mask: jax.Array
@@ -35,3 +39,20 @@ def discriminator_hinge_loss(real_logits: jax.Array, fake_logits: jax.Array) -> 
   spectral-normalised D (ref. [45]) it is the hinge loss that is meant (see docs/DESIGN.md).
   """
   return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
+
+
+def perceptual_loss(vgg_params, prediction: jax.Array, target: jax.Array,
+                    layers: Sequence[str] = vgg19.PERCEPTUAL_LAYERS) -> jax.Array:
+  """Eq. 11: sum over VGG-19 layers l of ||f_l(pred) - f_l(GT)||_1 / (C_l H_l W_l), batch mean.
+
+  `vgg_params` are the frozen VGG-19 weights (`gmsrm_jax.weights.load("vgg19", path)`), passed
+  in rather than trained. Images in [-1, 1]; both go through the network in one call. The
+  target's features get no gradient (the ground truth is data, not a function of G).
+  """
+  features = vgg19.vgg19_features(vgg_params, jnp.concatenate([prediction, target]), layers)
+  loss = 0.0
+  for name in layers:
+    pred_features, target_features = jnp.split(features[name], 2)
+    # mean over (B, H, W, C) = batch mean of the per-image 1/(C H W)-normalised L1 norms.
+    loss = loss + jnp.mean(jnp.abs(pred_features - jax.lax.stop_gradient(target_features)))
+  return loss
