@@ -93,9 +93,18 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # bins "0-20", "20-40", "40-60" instead.
   config.eval.mask_bins = ("20-30", "30-40", "40-50", "50-60")
   config.eval.center_ratios = (0.25, 0.5)
+  # Paper table layouts to write (gmsrm_jax/evaluation.py TABLES; docs/REPRODUCE.md); their
+  # mask settings are evaluated in addition to the ones above.
+  config.eval.tables = ()
+  config.eval.method_name = ""  # Row label in those tables; "" -> config.model.name.
+  # Converted weights (docs/WEIGHTS.md). "" -> LPIPS / FID reported as unavailable.
+  config.eval.lpips_weights = ""
+  config.eval.lpips_net = "alex"  # LPIPS backbone: "alex" (the LPIPS default) or "vgg".
+  config.eval.fid_weights = ""
+  config.eval.fid_image_size = 299  # FID's definition; smaller sizes are not FID (tests only).
 
   if variant in (None, ""):
-    pass
+    config.eval.tables = ("gmsrm_table1", "gmsrm_table2", "gmsrm_table4")
   elif variant == "demo":
     _shrink(config, image=64, resize=72, widths=(32, 64, 128), stem=16,
             disc=(32, 64, 128), steps=1500, batch=16)

@@ -1,10 +1,24 @@
 """Evaluation of a trained checkpoint per hole-ratio bin and for center masks.
 
-Reports PSNR, SSIM, NCC, LMSE and L1 on the composited output (GM-SRM Tables I/II layout) as
-Markdown, CSV and JSON under `<workdir>/eval/`, plus a sample grid per mask setting.
+For every mask setting (config.eval.mask_bins, config.eval.center_ratios, and whatever the
+requested paper tables need) the first `config.eval.num_images` test images are completed,
+each with ONE fixed mask per setting, and compared with the ground truth on the composited
+output: PSNR, SSIM, NCC, LMSE, L1 (gmsrm_jax/metrics.py), LPIPS v0.1 and FID
+(gmsrm_jax/features). LPIPS and FID need converted weights (config.eval.lpips_weights,
+config.eval.fid_weights; docs/WEIGHTS.md); without them they are reported as unavailable,
+with the reason, never as a number. A weights file that is set but broken is an error.
+
+Writes under `<workdir>/eval/`:
+  metrics.{md,csv,json}     every metric x every setting;
+  table_<name>.{md,csv,json} one per config.eval.tables entry, in the layout of that paper
+                            table (TABLES below; docs/REPRODUCE.md says which command fills it);
+  samples_<setting>.png     a sample grid per setting;
+  fid_real_stats.npz        the test images' Inception statistics ({"mu", "sigma"}, the
+                            pytorch-fid format), when FID ran.
 """
 
 import csv
+import dataclasses
 import functools
 import json
 import os
@@ -19,41 +33,155 @@ import numpy as np
 
 from gmsrm_jax import metrics as metrics_lib
 from gmsrm_jax import visualize
+from gmsrm_jax import weights as weights_lib
 from gmsrm_jax.data import pipeline
+from gmsrm_jax.features import fid as fid_lib
+from gmsrm_jax.features import inception
+from gmsrm_jax.features import lpips as lpips_lib
 from gmsrm_jax.train import checkpoint
 from gmsrm_jax.train import loop
 from gmsrm_jax.train import parallel
 from gmsrm_jax.train import tasks
 from gmsrm_jax.train import step as step_lib
 
-# Display name, key in metrics_lib.compute_all, whether higher is better.
+# Display name, result key, whether higher is better.
 METRICS = (("PSNR", "psnr", True), ("SSIM", "ssim", True), ("NCC", "ncc", True),
-           ("LMSE", "lmse", False), ("L1", "l1", False))
+           ("LMSE", "lmse", False), ("L1", "l1", False), ("LPIPS", "lpips", False),
+           ("FID", "fid", False))
+_DISPLAY = {key: (name, higher) for name, key, higher in METRICS}
+# Metrics that need pre-trained feature networks (and so may be unavailable).
+WEIGHTED_METRICS = ("lpips", "fid")
+
+
+@dataclasses.dataclass(frozen=True)
+class TableLayout:
+  """One results table of a paper, for a single method (our row of it).
+
+  Attributes:
+    title: what the paper's table reports.
+    settings: (column label, mask_spec) in the paper's column order.
+    metrics: result keys in the paper's order.
+    metric_rows: True -> one row per metric, columns = settings (GM-SRM Tables I and II);
+      False -> one row, columns = metric x setting (GM-SRM Table IV, CICM Tables 1-4).
+    digits: decimals per metric as the paper prints them.
+    scale: per-metric factors (CICM prints L1 in percent).
+  """
+  title: str
+  settings: tuple[tuple[str, tuple[str, Any]], ...]
+  metrics: tuple[str, ...]
+  metric_rows: bool
+  digits: dict[str, int]
+  scale: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+_GMSRM_METRICS = ("psnr", "ssim", "ncc", "lmse", "lpips")
+_GMSRM_DIGITS = {"psnr": 2, "ssim": 3, "ncc": 3, "lmse": 3, "lpips": 3}
+TABLES = {
+    "gmsrm_table1": TableLayout(
+        title="GM-SRM Table I: irregular masks (PConv test masks), by hole ratio",
+        settings=tuple((f"{b}%", ("bin", b)) for b in ("20-30", "30-40", "40-50", "50-60")),
+        metrics=_GMSRM_METRICS, metric_rows=True, digits=_GMSRM_DIGITS),
+    "gmsrm_table2": TableLayout(
+        title="GM-SRM Table II: center masks",
+        settings=(("25%", ("center", 0.25)), ("50%", ("center", 0.5))),
+        metrics=_GMSRM_METRICS, metric_rows=True, digits=_GMSRM_DIGITS),
+    "gmsrm_table4": TableLayout(
+        title="GM-SRM Table IV: ablation at 50% (center) corruption",
+        settings=(("50%", ("center", 0.5)),),
+        metrics=_GMSRM_METRICS, metric_rows=False, digits=_GMSRM_DIGITS),
+    "cicm": TableLayout(
+        title="CICM Tables 1-4: irregular masks by hole ratio (L1 in %)",
+        settings=tuple((f"{b}%", ("bin", b)) for b in ("0-20", "20-40", "40-60")),
+        metrics=("psnr", "ssim", "l1", "lpips", "fid"), metric_rows=False,
+        digits={"psnr": 3, "ssim": 4, "l1": 3, "lpips": 4, "fid": 2}, scale={"l1": 100.0}),
+}
+
+
+def _column(mask_spec: tuple[str, Any]) -> str:
+  kind, value = mask_spec
+  return f"{value}%" if kind == "bin" else f"center {round(float(value) * 100)}%"
 
 
 def mask_settings(eval_config: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:
-  """(column name, mask_spec) pairs in table order: irregular bins, then center masks."""
-  settings = [(f"{name}%", ("bin", name)) for name in eval_config.mask_bins]
-  settings += [(f"center {round(r * 100)}%", ("center", float(r)))
-               for r in eval_config.center_ratios]
-  return settings
+  """(column name, mask_spec) pairs: configured bins, center masks, then what tables add."""
+  specs = [("bin", name) for name in eval_config.mask_bins]
+  specs += [("center", float(r)) for r in eval_config.center_ratios]
+  for table in eval_config.get("tables", ()):
+    if table not in TABLES:
+      raise ValueError(f"Unknown config.eval.tables entry {table!r}; known: {sorted(TABLES)}.")
+    specs += [spec for _, spec in TABLES[table].settings if spec not in specs]
+  return [(_column(spec), spec) for spec in specs]
 
 
-def _per_image_metrics(components, params, g_state, batch):
+@dataclasses.dataclass
+class FeatureNetworks:
+  """Frozen LPIPS / FID parameters on the mesh, or why a metric is unavailable."""
+  lpips_params: Any = None
+  fid_params: Any = None
+  unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def load_feature_networks(eval_config: ml_collections.ConfigDict, mesh) -> FeatureNetworks:
+  """Loads the configured weights (replicated on the mesh); an unset path -> unavailable.
+
+  Raises:
+    weights.WeightsError: a path is set but the file is missing or does not fit (the message
+      says how to make a good one).
+  """
+  networks = FeatureNetworks()
+  replicated = parallel.replicated(mesh)
+  model = f"lpips_{eval_config.lpips_net}"
+  if eval_config.lpips_weights:
+    networks.lpips_params = jax.device_put(
+        weights_lib.load(model, eval_config.lpips_weights), replicated)
+  else:
+    networks.unavailable["lpips"] = (
+        f"no LPIPS weights: set --config.eval.lpips_weights to a file made by "
+        f"`{weights_lib.convert_command(model)}` ({weights_lib.DOCS})")
+  if eval_config.fid_weights:
+    networks.fid_params = jax.device_put(
+        weights_lib.load("inception_fid", eval_config.fid_weights), replicated)
+  else:
+    networks.unavailable["fid"] = (
+        f"no FID Inception weights: set --config.eval.fid_weights to a file made by "
+        f"`{weights_lib.convert_command('inception_fid')}` ({weights_lib.DOCS})")
+  return networks
+
+
+def _to_unit(images):
+  return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
+
+
+def _evaluate_batch(components, lpips_net, fid_size, params, g_state, lpips_params, fid_params,
+                    batch):
+  """Composited output, per-metric sums over real rows, their count, output FID features."""
   output = step_lib.predict(components, params, g_state, batch["image"], batch["mask"])
-  to_unit = lambda x: jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
-  values = metrics_lib.compute_all(to_unit(output), to_unit(batch["image"]))
+  values = metrics_lib.compute_all(_to_unit(output), _to_unit(batch["image"]))
+  if lpips_params is not None:
+    # LPIPS takes [-1, 1] images, the range `output` is already in (clipped like the others).
+    values["lpips"] = lpips_lib.lpips_distance(
+        lpips_params, 2.0 * _to_unit(output) - 1.0, batch["image"], lpips_net)
   weight = batch["weight"]
   sums = {k: jnp.sum(jnp.where(weight > 0, v, 0.0)) for k, v in values.items()}
-  return output, sums, jnp.sum(weight)
+  features = None
+  if fid_params is not None:
+    features = inception.fid_features(fid_params, 2.0 * _to_unit(output) - 1.0, fid_size)
+  return output, sums, jnp.sum(weight), features, weight
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None
              ) -> dict[str, Any]:
-  """Restores the checkpoint (latest by default) and evaluates it; returns the results."""
+  """Restores the checkpoint (latest by default) and evaluates it; returns the results.
+
+  Returns:
+    {"step", "results": {column: {metric: value or None, "images": n}}, "unavailable":
+    {metric: reason}, "tables": {name: markdown path}}.
+  """
   workdir = os.path.abspath(workdir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.eval.batch_size, mesh)
+  settings = mask_settings(config.eval)  # Unknown table names fail before any work.
+  networks = load_feature_networks(config.eval, mesh)
   task = tasks.get(config)
   components = task.create_components(config)
   manager = checkpoint.create_manager(workdir, read_only=True)
@@ -66,48 +194,105 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
   state, step = restored
   params = state.ema_params if config.eval.use_ema else state.g_params
   replicated = parallel.replicated(mesh)
-  evaluate_batch = jax.jit(functools.partial(_per_image_metrics, components),
-                           out_shardings=replicated)
+  evaluate_batch = jax.jit(
+      functools.partial(_evaluate_batch, components, config.eval.lpips_net,
+                        config.eval.fid_image_size), out_shardings=replicated)
+  real_features = jax.jit(
+      functools.partial(inception.fid_features, image_size=config.eval.fid_image_size),
+      out_shardings=replicated)
 
-  results: dict[str, dict[str, float]] = {}
+  results: dict[str, dict[str, Any]] = {}
+  unavailable = dict(networks.unavailable)
   out_dir = os.path.join(workdir, "eval")
-  for column, mask_spec in mask_settings(config.eval):
+  # Every setting completes the same test images (only the masks differ), so the real
+  # images' statistics are gathered once, during the first setting.
+  real_stats = None
+  for column, mask_spec in settings:
     sums, count, first = None, 0.0, None
+    fake_stats = collect_real = None
+    if networks.fid_params is not None:
+      fake_stats = fid_lib.FeatureStatistics(inception.FEATURE_DIM)
+      if real_stats is None:
+        real_stats = collect_real = fid_lib.FeatureStatistics(inception.FEATURE_DIM)
     for local_batch in pipeline.create_eval_iterator(config, mask_spec=mask_spec,
                                                      num_images=config.eval.num_images):
       batch = parallel.global_batch(local_batch, mesh)
-      output, batch_sums, batch_count = evaluate_batch(params, state.g_state, batch)
+      output, batch_sums, batch_count, features, weight = evaluate_batch(
+          params, state.g_state, networks.lpips_params, networks.fid_params, batch)
       batch_sums = jax.device_get(batch_sums)
       sums = batch_sums if sums is None else {k: sums[k] + batch_sums[k] for k in sums}
       count += float(batch_count)
+      if fake_stats is not None:
+        weight = jax.device_get(weight)
+        fake_stats.update(jax.device_get(features), weight)
+        if collect_real is not None:
+          collect_real.update(jax.device_get(real_features(networks.fid_params,
+                                                           batch["image"])), weight)
       if first is None:
         first = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
                  for k, v in {"image": batch["image"], "mask": batch["mask"],
                               "output": output}.items()}
-    results[column] = {key: float(sums[key] / count) for _, key, _ in METRICS}
-    results[column]["images"] = int(count)
+    column_results = {key: float(sums[key] / count) if key in sums else None
+                      for _, key, _ in METRICS}
+    if fake_stats is not None:
+      if fake_stats.count < 2:
+        unavailable["fid"] = f"FID needs at least 2 images per setting, have {fake_stats.count}"
+      else:
+        column_results["fid"] = fid_lib.fid_from_statistics(real_stats, fake_stats)
+    column_results["images"] = int(count)
+    results[column] = column_results
     if jax.process_index() == 0:
       grid = visualize.inpainting_grid(first["image"], first["mask"], first["output"])
-      slug = column.replace("%", "").replace(" ", "_")
-      visualize.save_png(grid, os.path.join(out_dir, f"samples_{slug}.png"))
+      visualize.save_png(grid, os.path.join(out_dir, f"samples_{_slug(column)}.png"))
     logging.info("Eval %s: %s", column, results[column])
+  # A metric is unavailable everywhere or nowhere.
+  for key in unavailable:
+    for column_results in results.values():
+      column_results[key] = None
 
+  tables = {}
   if jax.process_index() == 0:
-    write_tables(results, step, out_dir, weights="EMA" if config.eval.use_ema else "raw")
-  return {"step": step, "results": results}
+    label = "EMA" if config.eval.use_ema else "raw"
+    write_tables(results, step, out_dir, weights=label, unavailable=unavailable)
+    method = config.eval.method_name or config.model.name
+    for name in config.eval.tables:
+      tables[name] = write_paper_table(name, results, step, out_dir, method=method,
+                                       unavailable=unavailable)
+    if real_stats is not None and real_stats.count >= 2:
+      real_stats.save(os.path.join(out_dir, "fid_real_stats.npz"))
+  return {"step": step, "results": results, "unavailable": unavailable, "tables": tables}
 
 
-def write_tables(results: dict[str, dict[str, float]], step: int, out_dir: str,
-                 weights: str) -> None:
+def _slug(column: str) -> str:
+  return column.replace("%", "").replace(" ", "_")
+
+
+def _fmt(key: str, value: float | None, digits: int | None = None) -> str:
+  if value is None:
+    return "n/a"
+  if digits is None:
+    digits = 2 if key in ("psnr", "fid") else 3
+  return f"{value:.{digits}f}"
+
+
+def _unavailable_lines(unavailable: dict[str, str]) -> list[str]:
+  return [f"- {_DISPLAY[key][0]}: unavailable, {reason}." for key, reason in unavailable.items()]
+
+
+def write_tables(results: dict[str, dict[str, Any]], step: int, out_dir: str, weights: str,
+                 unavailable: dict[str, str] | None = None) -> None:
+  """metrics.{json,csv,md}: every metric (rows) x every evaluated setting (columns)."""
+  unavailable = unavailable or {}
   os.makedirs(out_dir, exist_ok=True)
   columns = list(results)
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-    json.dump({"step": step, "weights": weights, "results": results}, f, indent=2)
+    json.dump({"step": step, "weights": weights, "results": results,
+               "unavailable": unavailable}, f, indent=2)
   with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["metric", *columns])
     for name, key, _ in METRICS:
-      writer.writerow([name, *(f"{results[c][key]:.6f}" for c in columns)])
+      writer.writerow([name, *(_csv(results[c][key]) for c in columns)])
     writer.writerow(["images", *(results[c]["images"] for c in columns)])
   lines = [f"Evaluation at step {step} ({weights} weights); composited outputs.", "",
            "| Metric | " + " | ".join(columns) + " |",
@@ -117,9 +302,73 @@ def write_tables(results: dict[str, dict[str, float]], step: int, out_dir: str,
     lines.append(f"| {name} {arrow} | " + " | ".join(_fmt(key, results[c][key]) for c in columns)
                  + " |")
   lines.append("| images | " + " | ".join(str(results[c]["images"]) for c in columns) + " |")
+  if unavailable:
+    lines += [""] + _unavailable_lines(unavailable)
   with open(os.path.join(out_dir, "metrics.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 
 
-def _fmt(key: str, value: float) -> str:
-  return f"{value:.2f}" if key == "psnr" else f"{value:.3f}"
+def _csv(value: float | None) -> str:
+  return "" if value is None else f"{value:.6f}"
+
+
+def paper_table(name: str, results: dict[str, dict[str, Any]], method: str
+                ) -> tuple[list[str], list[list[str]], dict[str, dict[str, float | None]]]:
+  """(header, rows, values) of table `name` for one method, values scaled as the paper prints.
+
+  `values[metric][setting label]` is the number (None if unavailable) behind each cell.
+  """
+  layout = TABLES[name]
+  values = {}
+  for key in layout.metrics:
+    values[key] = {}
+    for label, spec in layout.settings:
+      value = results[_column(spec)][key]
+      values[key][label] = None if value is None else value * layout.scale.get(key, 1.0)
+
+  def cell(key, label):
+    return _fmt(key, values[key][label], layout.digits[key])
+
+  def title(key):
+    display, higher = _DISPLAY[key]
+    unit = " (%)" if key in layout.scale else ""
+    return f"{display}{unit} {'↑' if higher else '↓'}"
+
+  labels = [label for label, _ in layout.settings]
+  if layout.metric_rows:
+    header = ["Metric", "Method", *labels]
+    rows = [[title(key), method, *(cell(key, label) for label in labels)]
+            for key in layout.metrics]
+  elif len(labels) == 1:
+    header = ["Method", *(title(key) for key in layout.metrics)]
+    rows = [[method, *(cell(key, labels[0]) for key in layout.metrics)]]
+  else:
+    header = ["Method", *(f"{title(key)} {label}" for key in layout.metrics for label in labels)]
+    rows = [[method, *(cell(key, label) for key in layout.metrics for label in labels)]]
+  return header, rows, values
+
+
+def write_paper_table(name: str, results: dict[str, dict[str, Any]], step: int, out_dir: str,
+                      *, method: str, unavailable: dict[str, str]) -> str:
+  """table_<name>.{md,csv,json} in the layout of that paper table; returns the .md path."""
+  layout = TABLES[name]
+  header, rows, values = paper_table(name, results, method)
+  base = os.path.join(out_dir, f"table_{name}")
+  relevant = {k: v for k, v in unavailable.items() if k in layout.metrics}
+  images = {label: results[_column(spec)]["images"] for label, spec in layout.settings}
+  with open(base + ".json", "w") as f:
+    json.dump({"table": name, "title": layout.title, "step": step, "method": method,
+               "values": values, "images": images, "unavailable": relevant}, f, indent=2)
+  with open(base + ".csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(header)
+    writer.writerows(rows)
+  lines = [f"{layout.title} (step {step}; images per column: "
+           f"{', '.join(f'{k} {v}' for k, v in images.items())}).", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  if relevant:
+    lines += [""] + _unavailable_lines(relevant)
+  with open(base + ".md", "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return base + ".md"

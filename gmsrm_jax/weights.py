@@ -314,11 +314,22 @@ def convert(model: str, sources: Sequence[str], output: str) -> dict[str, np.nda
   if problems:
     raise WeightsError(f"{', '.join(sources)} do not fit the {model} model:\n  "
                        + "\n  ".join(problems[:20]))
-  provenance = [f"{os.path.basename(path)} sha256={_sha256(path)}" for path in sources]
+  save(model, arrays, output,
+       provenance=[f"{os.path.basename(path)} sha256={_sha256(path)}" for path in sources])
+  return arrays
+
+
+def save(model: str, arrays: Mapping[str, np.ndarray], output: str,
+         provenance: Sequence[str] = ()) -> None:
+  """Writes {flax path: array} in the project format, after checking it against the model."""
+  problems = _tree_problems(arrays, model)
+  if problems:
+    raise WeightsError(f"Arrays for {output} do not fit the {model} model:\n  "
+                       + "\n  ".join(problems[:20]))
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   np.savez(output, __format__=np.array(FORMAT), __model__=np.array(model),
-           __sources__=np.array(provenance), **arrays)
-  return arrays
+           __sources__=np.array(list(provenance), dtype=str),
+           **{path: np.asarray(value, np.float32) for path, value in arrays.items()})
 
 
 def _read_converted(model: str, path: str) -> dict[str, np.ndarray]:

@@ -135,3 +135,29 @@ def test_fid_inception_matches_reference(tmp_path_factory):
                              atol=1e-4 * np.abs(expected).max())
   with pytest.raises(ValueError, match="at least 75"):
     inception.fid_features(params, images, image_size=64)
+
+
+def test_reference_ops_are_torch_ops():
+  """The numpy reference's conv/pool/resize semantics, checked against torch where present."""
+  torch = pytest.importorskip("torch", reason="torch is optional (not in requirements.txt); "
+                              "this cross-check of tests/reference_nets.py runs where it is.")
+  functional = torch.nn.functional
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 3, 13, 11))
+  w = rng.normal(size=(4, 3, 5, 3))
+  b = rng.normal(size=(4,))
+  t = lambda a: torch.from_numpy(a)
+  np.testing.assert_allclose(ref.conv2d(x, w, b, stride=(2, 2), padding=(2, 1)),
+                             functional.conv2d(t(x), t(w), t(b), stride=2, padding=(2, 1)),
+                             rtol=1e-10, atol=1e-10)
+  np.testing.assert_allclose(ref.max_pool2d(x, 3, 2), functional.max_pool2d(t(x), 3, 2))
+  np.testing.assert_allclose(ref.max_pool2d(x, 3, 1, padding=1),
+                             functional.max_pool2d(t(x), 3, 1, padding=1))
+  np.testing.assert_allclose(
+      ref.avg_pool2d_exclude_pad(x),
+      functional.avg_pool2d(t(x), 3, stride=1, padding=1, count_include_pad=False), rtol=1e-12)
+  for size in (7, 19):
+    np.testing.assert_allclose(
+        ref.interpolate_bilinear(x[:, :, :11, :11], size),
+        functional.interpolate(t(x[:, :, :11, :11]), size=(size, size), mode="bilinear",
+                               align_corners=False), rtol=1e-10, atol=1e-12)
