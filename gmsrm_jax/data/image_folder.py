@@ -77,9 +77,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     root = epath.Path(dl_manager.manual_dir)
-    config = self.builder_config
-    train, test, rule = split_files(root, test_fraction=config.test_fraction,
-                                    split_seed=config.split_seed)
+    train, test, rule = self._split_files(root)
     if not train:
       raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) found for the train "
                        f"split under {root}.")
@@ -94,6 +92,11 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "train": self._generate_examples("train", root, train),
         "test": self._generate_examples("test", root, test),
     }
+
+  def _split_files(self, root: epath.Path) -> tuple[list[epath.Path], list[epath.Path], str]:
+    """(train files, test files, the rule used); the paper datasets override this."""
+    config = self.builder_config
+    return split_files(root, test_fraction=config.test_fraction, split_seed=config.split_seed)
 
   def _generate_examples(self, split: str, root: epath.Path, files: list[epath.Path]):
     config = self.builder_config
@@ -133,12 +136,19 @@ def split_files(root: epath.Path, *, test_fraction: float,
     return (list_image_files(root / "train"), list_image_files(test_dirs[0]),
             f"sub-folders train/ and {test_dirs[0].name}/")
   files = list_image_files(root)
+  num_test = max(1, round(test_fraction * len(files))) if len(files) >= 2 else 0
+  train, test = hash_split(files, root, num_test=num_test, split_seed=split_seed)
+  rule = f"seeded hash split (split_seed={split_seed}, test_fraction={test_fraction})"
+  return train, test, rule
+
+
+def hash_split(files: list[epath.Path], root: epath.Path, *, num_test: int,
+               split_seed: int) -> tuple[list[epath.Path], list[epath.Path]]:
+  """(train, test), each sorted: the num_test files first by sha256(f"{seed}/{relative path}")."""
 
   def split_hash(path):
     relative = os.path.relpath(path, root).replace(os.sep, "/")
     return hashlib.sha256(f"{split_seed}/{relative}".encode()).hexdigest()
 
   ordered = sorted(files, key=split_hash)
-  num_test = max(1, round(test_fraction * len(files))) if len(files) >= 2 else 0
-  rule = f"seeded hash split (split_seed={split_seed}, test_fraction={test_fraction})"
-  return sorted(ordered[num_test:]), sorted(ordered[:num_test]), rule
+  return sorted(ordered[num_test:]), sorted(ordered[:num_test])

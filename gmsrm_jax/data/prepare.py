@@ -3,6 +3,8 @@ r"""Prepares a dataset once, offline, so training and evaluation can read it.
   python -m gmsrm_jax.data.prepare --dataset=synthetic_scenes/64 [--data_dir=DIR]
   python -m gmsrm_jax.data.prepare --dataset=image_folder/256 --manual_dir=/my/photos \
       [--data_dir=DIR]
+  python -m gmsrm_jax.data.prepare --dataset=celeb_a_hq --manual_dir=/data/CelebA-HQ-img
+      (the papers' datasets and what their --manual_dir holds: paper_datasets.py)
 
 Idempotent: an already prepared dataset is left as it is (delete its directory to rebuild,
 e.g. after adding images to the manual directory). TFDS writes into a temporary directory and
@@ -20,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from gmsrm_jax.data import builders
 from gmsrm_jax.data import image_folder
+from gmsrm_jax.data import paper_datasets
 
 
 def prepare(name: str, builder_config: str = "", data_dir: str = "", manual_dir: str = "", *,
@@ -32,10 +35,12 @@ def prepare(name: str, builder_config: str = "", data_dir: str = "", manual_dir:
   """
   builder = builders.make_builder(name, builder_config, data_dir)
   if builder.is_prepared():
-    logging.info("%s/%s is already prepared at %s.", name, builder.builder_config.name,
+    logging.info("%s is already prepared at %s.", builders.dataset_id(name, builder),
                  builder.data_dir)
     return builder
-  if name == "image_folder":
+  if name in paper_datasets.BUILDERS:
+    paper_datasets.check_manual_dir(name, manual_dir)
+  if isinstance(builder, image_folder.ImageFolder):
     _check_image_folder(manual_dir)
   download_config = tfds.download.DownloadConfig(
       manual_dir=manual_dir or None,
@@ -47,8 +52,7 @@ def prepare(name: str, builder_config: str = "", data_dir: str = "", manual_dir:
   # array_record gives random access (tfds.data_source), which the grain pipeline relies on
   # for its step-indexed, resumable iteration.
   builder.download_and_prepare(download_config=download_config, file_format="array_record")
-  logging.info("Prepared %s/%s at %s: %s.", name, builder.builder_config.name,
-               builder.data_dir,
+  logging.info("Prepared %s at %s: %s.", builders.dataset_id(name, builder), builder.data_dir,
                {split: info.num_examples for split, info in builder.info.splits.items()})
   return builder
 
@@ -69,7 +73,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   name, _, builder_config = flags.FLAGS.dataset.partition("/")
   builder = prepare(name, builder_config, flags.FLAGS.data_dir, flags.FLAGS.manual_dir)
-  print(f"{name}/{builder.builder_config.name} ready at {builder.data_dir}")
+  print(f"{builders.dataset_id(name, builder)} ready at {builder.data_dir}")
 
 
 if __name__ == "__main__":
@@ -77,8 +81,10 @@ if __name__ == "__main__":
   # cannot collide with that script's own --data_dir and similar flags.
   flags.DEFINE_string("dataset", "synthetic_scenes/64",
                       "name/builder_config, e.g. synthetic_scenes/tiny, synthetic_scenes/64, "
-                      "synthetic_scenes/256, image_folder/256.")
+                      "synthetic_scenes/256, image_folder/256, celeb_a_hq, paris_street_view, "
+                      "places2_two_categories[/cat1+cat2], places365_small, celeb_a.")
   flags.DEFINE_string("data_dir", "", "TFDS data_dir; '' -> $TFDS_DATA_DIR or "
                       "~/tensorflow_datasets.")
-  flags.DEFINE_string("manual_dir", "", "image_folder: the directory of your images.")
+  flags.DEFINE_string("manual_dir", "", "image_folder: the directory of your images; the "
+                      "papers' datasets: your download (gmsrm_jax/data/paper_datasets.py).")
   app.run(main)
