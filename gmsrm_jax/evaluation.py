@@ -152,8 +152,8 @@ def _to_unit(images):
   return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
 
 
-def _evaluate_batch(components, lpips_net, fid_size, params, g_state, lpips_params, fid_params,
-                    batch):
+def batch_metrics(components, lpips_net, fid_size, params, g_state, lpips_params, fid_params,
+                  batch):
   """Composited output, per-metric sums over real rows, their count, output FID features."""
   output = step_lib.predict(components, params, g_state, batch["image"], batch["mask"])
   values = metrics_lib.compute_all(_to_unit(output), _to_unit(batch["image"]))
@@ -195,7 +195,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
   params = state.ema_params if config.eval.use_ema else state.g_params
   replicated = parallel.replicated(mesh)
   evaluate_batch = jax.jit(
-      functools.partial(_evaluate_batch, components, config.eval.lpips_net,
+      functools.partial(batch_metrics, components, config.eval.lpips_net,
                         config.eval.fid_image_size), out_shardings=replicated)
   real_features = jax.jit(
       functools.partial(inception.fid_features, image_size=config.eval.fid_image_size),

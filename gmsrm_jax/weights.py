@@ -179,6 +179,22 @@ def _zeros(*shape):
 
 _TORCHVISION = "https://download.pytorch.org/models/"
 _LPIPS = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/"
+
+
+def _lpips_spec(net: str, backbone: str, backbone_file: str, convert_fn, note: str = "") -> Spec:
+  """LPIPS = a torchvision backbone file + the LPIPS package's heads file `<net>.pth`."""
+  return Spec(
+      name=f"lpips_{net}",
+      description=f"LPIPS v0.1, {backbone} backbone {note}".strip() + ".",
+      sources=(Source(backbone_file, f"torchvision {backbone} ImageNet weights",
+                      _TORCHVISION + backbone_file),
+               Source(f"{net}.pth", f"LPIPS v0.1 linear heads for {backbone}",
+                      _LPIPS + f"{net}.pth")),
+      build=lambda: (lpips.LPIPS(net), (_zeros(1, 64, 64, 3), _zeros(1, 64, 64, 3))),
+      convert=convert_fn,
+      ignored=(r"classifier\..*",))
+
+
 SPECS: dict[str, Spec] = {spec.name: spec for spec in (
     Spec(
         name="vgg19",
@@ -189,25 +205,9 @@ SPECS: dict[str, Spec] = {spec.name: spec for spec in (
         build=lambda: (vgg19.VGG(vgg19.VGG19_BLOCKS, ("pool5",)), (_zeros(1, 64, 64, 3),)),
         convert=lambda read: _convert_vgg(read, vgg19.VGG19_BLOCKS),
         ignored=(r"classifier\..*",)),
-    Spec(
-        name="lpips_alex",
-        description="LPIPS v0.1, AlexNet backbone (the LPIPS default).",
-        sources=(Source("alexnet-owt-7be5be79.pth", "torchvision AlexNet ImageNet weights",
-                        _TORCHVISION + "alexnet-owt-7be5be79.pth"),
-                 Source("alex.pth", "LPIPS v0.1 linear heads for AlexNet",
-                        _LPIPS + "alex.pth")),
-        build=lambda: (lpips.LPIPS("alex"), (_zeros(1, 64, 64, 3), _zeros(1, 64, 64, 3))),
-        convert=_convert_lpips_alex,
-        ignored=(r"classifier\..*",)),
-    Spec(
-        name="lpips_vgg",
-        description="LPIPS v0.1, VGG-16 backbone.",
-        sources=(Source("vgg16-397923af.pth", "torchvision VGG-16 ImageNet weights",
-                        _TORCHVISION + "vgg16-397923af.pth"),
-                 Source("vgg.pth", "LPIPS v0.1 linear heads for VGG-16", _LPIPS + "vgg.pth")),
-        build=lambda: (lpips.LPIPS("vgg"), (_zeros(1, 64, 64, 3), _zeros(1, 64, 64, 3))),
-        convert=_convert_lpips_vgg,
-        ignored=(r"classifier\..*",)),
+    _lpips_spec("alex", "AlexNet", "alexnet-owt-7be5be79.pth", _convert_lpips_alex,
+                "(the LPIPS default)"),
+    _lpips_spec("vgg", "VGG-16", "vgg16-397923af.pth", _convert_lpips_vgg),
     Spec(
         name="inception_fid",
         description="FID Inception-v3 (TF 2015-12-05 graph as ported by pytorch-fid), pool-3.",
@@ -235,6 +235,28 @@ def expected_shapes(model: str) -> dict[str, tuple[int, ...]]:
   variables = jax.eval_shape(module.init, jax.random.key(0), *inputs)
   flat = traverse_util.flatten_dict(variables["params"], sep="/")
   return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+
+
+def random_params(model: str, seed: int = 0) -> dict[str, Any]:
+  """A parameter tree of the model's shapes with He-scaled random values.
+
+  For benchmarks (same cost as the real weights) and tests of the plumbing; the values mean
+  nothing. Batch-norm variances and scales are kept near 1 and LPIPS heads non-negative, so
+  activations stay finite through deep stacks.
+  """
+  rng = np.random.default_rng(seed)
+  arrays = {}
+  for path, shape in expected_shapes(model).items():
+    if path.endswith("kernel"):
+      value = rng.standard_normal(shape, np.float32) * np.sqrt(2.0 / np.prod(shape[:-1]))
+      if path.startswith("lin"):
+        value = np.abs(value)
+    elif path.endswith(("var", "scale")):
+      value = rng.uniform(0.5, 1.5, shape)
+    else:
+      value = rng.normal(0.0, 0.1, shape)
+    arrays[path] = np.asarray(value, np.float32)
+  return traverse_util.unflatten_dict(arrays, sep="/")
 
 
 def convert_command(model: str, output: str = "") -> str:

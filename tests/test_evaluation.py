@@ -10,6 +10,7 @@ import csv
 import json
 import os
 
+from flax import traverse_util
 import jax
 import numpy as np
 import pytest
@@ -36,25 +37,14 @@ def _config(data_dir, **eval_overrides):
 
 
 def _random_weights(model, path, seed):
-  """A project-format file for `model` with He-scaled random values."""
-  rng = np.random.default_rng(seed)
-  arrays = {}
-  for name, shape in weights.expected_shapes(model).items():
-    if name.endswith("kernel"):
-      value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape)
-      if name.startswith("lin"):  # LPIPS heads are non-negative.
-        value = np.abs(value)
-    elif name.endswith(("var", "scale")):
-      value = rng.uniform(0.5, 1.5, shape)
-    else:
-      value = rng.normal(0.0, 0.1, shape)
-    arrays[name] = value
-  weights.save(model, arrays, path)
+  """A project-format file for `model` with random values (the plumbing, not the numbers)."""
+  flat = traverse_util.flatten_dict(weights.random_params(model, seed), sep="/")
+  weights.save(model, flat, path)
   return path
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data_dir, tmp_path_factory):
+def checkpointed(tiny_data_dir, tmp_path_factory):
   """A checkpoint of the freshly initialised tiny model (step 0): evaluation needs a
   checkpoint, not a good model, and this skips compiling the train step."""
   workdir = str(tmp_path_factory.mktemp("eval_run"))
@@ -68,8 +58,8 @@ def trained(tiny_data_dir, tmp_path_factory):
   return workdir
 
 
-def test_without_weights_lpips_and_fid_are_unavailable(tiny_data_dir, trained):
-  out = evaluation.evaluate(_config(tiny_data_dir), trained)
+def test_without_weights_lpips_and_fid_are_unavailable(tiny_data_dir, checkpointed):
+  out = evaluation.evaluate(_config(tiny_data_dir), checkpointed)
   assert set(out["unavailable"]) == {"lpips", "fid"}
   assert "--config.eval.lpips_weights" in out["unavailable"]["lpips"]
   assert "convert --model=inception_fid" in out["unavailable"]["fid"]
@@ -77,29 +67,29 @@ def test_without_weights_lpips_and_fid_are_unavailable(tiny_data_dir, trained):
     assert column["images"] == 6
     assert column["lpips"] is None and column["fid"] is None
     assert np.isfinite(column["psnr"])
-  table = open(os.path.join(trained, "eval", "metrics.md")).read()
+  table = open(os.path.join(checkpointed, "eval", "metrics.md")).read()
   assert "| LPIPS ↓ | n/a | n/a | n/a |" in table
   assert "- FID: unavailable, no FID Inception weights" in table
-  rows = {row[0]: row[1:] for row in csv.reader(open(os.path.join(trained, "eval",
+  rows = {row[0]: row[1:] for row in csv.reader(open(os.path.join(checkpointed, "eval",
                                                                    "metrics.csv")))}
   assert rows["LPIPS"] == ["", "", ""]  # Empty, not 0.
 
 
-def test_broken_weights_path_is_an_error(tiny_data_dir, trained, tmp_path):
+def test_broken_weights_path_is_an_error(tiny_data_dir, checkpointed, tmp_path):
   config = _config(tiny_data_dir, lpips_weights=str(tmp_path / "missing.npz"))
   with pytest.raises(weights.WeightsError, match="convert --model=lpips_alex"):
-    evaluation.evaluate(config, trained)
+    evaluation.evaluate(config, checkpointed)
   with pytest.raises(ValueError, match="Unknown config.eval.tables entry 'table9'"):
-    evaluation.evaluate(_config(tiny_data_dir, tables=("table9",)), trained)
+    evaluation.evaluate(_config(tiny_data_dir, tables=("table9",)), checkpointed)
 
 
-def test_lpips_fid_and_paper_tables(tiny_data_dir, trained, tmp_path):
+def test_lpips_fid_and_paper_tables(tiny_data_dir, checkpointed, tmp_path):
   config = _config(
       tiny_data_dir, tables=("gmsrm_table4", "cicm"), method_name="Base model",
       lpips_weights=_random_weights("lpips_alex", str(tmp_path / "lpips.npz"), 0),
       fid_weights=_random_weights("inception_fid", str(tmp_path / "fid.npz"), 1),
       fid_image_size=inception.MIN_IMAGE_SIZE)
-  out = evaluation.evaluate(config, trained)
+  out = evaluation.evaluate(config, checkpointed)
   # The tiny config's settings, then what the two tables add, in table order.
   assert list(out["results"]) == ["20-30%", "50-60%", "center 25%", "center 50%", "0-20%",
                                   "20-40%", "40-60%"]
@@ -116,11 +106,11 @@ def test_lpips_fid_and_paper_tables(tiny_data_dir, trained, tmp_path):
   features = jax.jit(inception.fid_features, static_argnums=2)(params, images,
                                                               inception.MIN_IMAGE_SIZE)
   direct.update(np.asarray(features))
-  with np.load(os.path.join(trained, "eval", "fid_real_stats.npz")) as saved:
+  with np.load(os.path.join(checkpointed, "eval", "fid_real_stats.npz")) as saved:
     assert int(saved["count"]) == 6
     np.testing.assert_allclose(saved["mu"], direct.mean, rtol=1e-4, atol=1e-6)
 
-  eval_dir = os.path.join(trained, "eval")
+  eval_dir = os.path.join(checkpointed, "eval")
   table = json.load(open(os.path.join(eval_dir, "table_cicm.json")))
   np.testing.assert_allclose(table["values"]["l1"]["20-40%"],
                              100 * out["results"]["20-40%"]["l1"])  # CICM prints L1 in %.
