@@ -48,7 +48,7 @@ def _paths(tree: Any) -> dict[str, Any]:
   return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf for path, leaf in flat}
 
 
-def _check_compatible(metadata_tree: Any, abstract_state: Any) -> None:
+def check_compatible(metadata_tree: Any, abstract_state: Any) -> None:
   """Raises naming the first leaves that differ; orbax alone could load part of a tree."""
   stored = _paths(metadata_tree)
   wanted = _paths(abstract_state)
@@ -83,7 +83,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
   if metadata is None:
     raise CheckpointMismatchError(f"Checkpoint step {step} in {manager.directory} has no "
                                   "readable train state.")
-  _check_compatible(metadata, abstract_state)
+  check_compatible(metadata, abstract_state)
   restored = manager.restore(step, args=ocp.args.Composite(**{
       STATE: ocp.args.StandardRestore(abstract_state)}))
   logging.info("Restored checkpoint at step %d from %s", step, manager.directory)

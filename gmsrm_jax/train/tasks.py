@@ -64,7 +64,7 @@ INPAINTING = Task(create_components=state_lib.create_components, init_state=_inp
                   train_step=step_lib.train_step, make_sampler=_inpainting_sampler)
 
 # Tasks defined in other modules: name -> "module:attribute", imported on first use.
-_LAZY = {}
+_LAZY = {"memory_pretraining": "gmsrm_jax.train.memory_pretraining:TASK"}
 _TASKS = {"inpainting": INPAINTING}
 
 

@@ -1,0 +1,235 @@
+"""The StyleGAN2 memory's pieces against independent computations (StyleGAN2 eqs. 1-4)."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from gmsrm_jax import stylegan
+from gmsrm_jax.stylegan import layers
+from gmsrm_jax.stylegan import losses
+from gmsrm_jax.stylegan import networks
+
+TINY_MODEL = dict(z_dim=16, w_dim=16, resolution=16, start_resolution=4, channel_base=128,
+                  channel_max=16, mapping_layers=2, mapping_lr_mul=0.01)
+
+
+def _per_sample_reference(x, kernel, styles, demodulate):
+  """Conv of each sample with its own scaled weights, demodulation computed in float64."""
+  outputs = []
+  for b in range(x.shape[0]):
+    weights = np.asarray(kernel, np.float64) * np.asarray(styles[b], np.float64)[None, None, :,
+                                                                                 None]
+    if demodulate:
+      weights = weights / np.sqrt(np.sum(weights**2, axis=(0, 1, 2)) + 1e-8)
+    outputs.append(layers.conv2d(x[b:b + 1], jnp.asarray(weights, jnp.float32)))
+  return np.concatenate(outputs)
+
+
+@pytest.mark.parametrize("demodulate", [True, False])
+@pytest.mark.parametrize("fused", [False, True])
+def test_modulated_conv_equals_per_sample_convolution(demodulate, fused):
+  kx, kk, ks = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (3, 9, 9, 5))
+  kernel = jax.random.normal(kk, (3, 3, 5, 7))
+  styles = jax.random.normal(ks, (3, 5)) * 2.0 + 1.0
+  got = jax.jit(lambda *a: layers.modulated_conv(*a, demodulate=demodulate, fused=fused))(
+      x, kernel, styles)
+  np.testing.assert_allclose(got, _per_sample_reference(x, kernel, styles, demodulate),
+                             rtol=2e-5, atol=2e-5)
+
+
+def test_demodulated_outputs_have_unit_variance_for_unit_variance_inputs():
+  kx, kk, ks = jax.random.split(jax.random.key(1), 3)
+  x = jax.random.normal(kx, (4, 48, 48, 32))
+  kernel = jax.random.normal(kk, (3, 3, 32, 8)) * 5.0  # Any scale: demodulation removes it.
+  styles = jax.random.uniform(ks, (4, 32), minval=0.1, maxval=3.0)
+  y = layers.modulated_conv(x, kernel, styles, demodulate=True)[:, 1:-1, 1:-1]  # No padding.
+  variance = np.var(np.asarray(y), axis=(1, 2))  # Per sample and output channel.
+  np.testing.assert_allclose(variance, 1.0, atol=0.1)
+  np.testing.assert_allclose(np.mean(variance), 1.0, atol=0.02)
+  raw = layers.modulated_conv(x, kernel, styles, demodulate=False)[:, 1:-1, 1:-1]
+  assert np.mean(np.var(np.asarray(raw), axis=(1, 2))) > 10.0  # Without it: far from 1.
+
+
+def test_fir_resampling_shapes_and_unit_dc_gain():
+  ones = jnp.ones((2, 8, 8, 3))
+  up, down = layers.upsample_2x(ones), layers.downsample_2x(ones)
+  assert up.shape == (2, 16, 16, 3) and down.shape == (2, 4, 4, 3)
+  np.testing.assert_allclose(up[:, 1:-1, 1:-1], 1.0, rtol=1e-6)  # Borders see zero padding.
+  np.testing.assert_allclose(down[:, 1:-1, 1:-1], 1.0, rtol=1e-6)
+  assert layers.blur_for_strided_conv(ones).shape == (2, 9, 9, 3)
+
+
+def test_equalized_dense_scales_unit_weights_at_run_time():
+  dense = layers.EqualDense(64, lr_mul=0.01)
+  x = jax.random.normal(jax.random.key(2), (4096, 256))
+  params = dense.init(jax.random.key(3), x)["params"]
+  # Stored weights are N(0, 1/lr_mul); the effective ones N(0, 1/fan_in): unit in, unit out.
+  assert 80 < np.std(params["kernel"]) < 120
+  np.testing.assert_allclose(np.std(dense.apply({"params": params}, x)), 1.0, atol=0.05)
+
+
+def test_minibatch_stddev_matches_explicit_groups():
+  x = np.asarray(jax.random.normal(jax.random.key(4), (8, 3, 3, 4)))
+  out = np.asarray(stylegan.minibatch_stddev(jnp.asarray(x), group_size=4, num_channels=2))
+  assert out.shape == (8, 3, 3, 6)
+  np.testing.assert_array_equal(out[..., :4], x)
+  for m in range(2):  # Groups {m, m + 2, m + 4, m + 6}.
+    members = x[m::2]
+    std = np.sqrt(members.var(axis=0) + 1e-8)  # [3, 3, 4]
+    expected = [std[..., :2].mean(), std[..., 2:].mean()]
+    for member in range(m, 8, 2):
+      np.testing.assert_allclose(out[member, :, :, 4:], np.broadcast_to(expected, (3, 3, 2)),
+                                 rtol=1e-5)
+
+
+def test_r1_penalty_equals_its_finite_difference_estimate():
+  disc = networks.Discriminator(resolution=8, channel_base=32, channel_max=8,
+                                mbstd_group_size=2)
+  real = jax.random.normal(jax.random.key(5), (2, 8, 8, 3))
+  params = jax.jit(disc.init)(jax.random.key(6), real)["params"]
+  with jax.enable_x64(True):
+    params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
+    real64 = jnp.asarray(real, jnp.float64)
+    discriminate = lambda x: disc.apply({"params": params64}, x)
+    got = jax.jit(losses.r1_penalty, static_argnums=0)(discriminate, real64)
+
+    @jax.jit
+    def central_differences(x):
+      eps = 1e-6
+      total = lambda x: jnp.sum(discriminate(x))
+      basis = jnp.eye(x.size, dtype=x.dtype).reshape(-1, *x.shape)
+      return jax.vmap(lambda e: (total(x + eps * e) - total(x - eps * e)) / (2 * eps))(basis)
+
+    grads = central_differences(real64).reshape(real64.shape)
+    expected = jnp.sum(grads**2, axis=(1, 2, 3))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert np.all(np.asarray(got) > 0)
+
+
+def test_path_lengths_of_a_linear_synthesis():
+  # For image = A @ latents, J^T y = A^T y exactly.
+  key_a, key_w, key_y = jax.random.split(jax.random.key(7), 3)
+  matrix = jax.random.normal(key_a, (4 * 4 * 3, 2 * 5))
+  synthesize = lambda lat: (lat.reshape(lat.shape[0], -1) @ matrix.T).reshape(-1, 4, 4, 3)
+  latents = jax.random.normal(key_w, (3, 2, 5))
+  got = jax.jit(losses.path_lengths, static_argnums=0)(synthesize, latents, key_y)
+  y = layers.standard_normal(key_y, (3, 4, 4, 3)) / 4.0
+  grads = (y.reshape(3, -1) @ matrix).reshape(3, 2, 5)
+  np.testing.assert_allclose(got, np.sqrt(np.mean(np.sum(grads**2, axis=2), axis=1)),
+                             rtol=1e-5)
+
+
+def test_truncation_trick():
+  latents = jax.random.normal(jax.random.key(8), (2, 3, 4))
+  w_avg = jnp.arange(4.0)
+  np.testing.assert_allclose(stylegan.truncate(latents, w_avg, 0.0),
+                             np.broadcast_to(w_avg, latents.shape))
+  np.testing.assert_allclose(stylegan.truncate(latents, w_avg, 1.0), latents, rtol=1e-6)
+  half = stylegan.truncate(latents, w_avg, 0.5, cutoff=2)
+  np.testing.assert_allclose(half[:, :2], w_avg + 0.5 * (latents[:, :2] - w_avg), rtol=1e-6)
+  np.testing.assert_array_equal(half[:, 2:], latents[:, 2:])
+
+
+def _random_params(module, *args, **kwargs):
+  """N(0, 1) parameters of `module`'s shapes, drawn on the host.
+
+  The equalities tested below hold for any weights; flax's init would compile one threefry
+  kernel per parameter (seconds on CPU) for nothing.
+  """
+  shapes = jax.eval_shape(module.init, {"params": jax.random.key(0), "noise": jax.random.key(0)},
+                          *args, **kwargs)["params"]
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), shapes)
+
+
+@pytest.fixture(scope="module")
+def generator_and_params():
+  generator = networks.Generator(**TINY_MODEL)
+  return generator, _random_params(generator, jnp.zeros((1, 16)))
+
+
+def test_fused_and_non_fused_generator_agree(generator_and_params):
+  generator, params = generator_and_params
+  z = jax.random.normal(jax.random.key(10), (3, 16))
+  noise = networks.sample_noise(jax.random.key(11), (4, 8, 16), 3)
+  run = jax.jit(lambda fused: generator.apply({"params": params}, z, noise=noise, fused=fused),
+                static_argnums=0)
+  np.testing.assert_allclose(run(True), run(False), rtol=1e-4, atol=1e-5)
+
+
+def test_memory_blocks_with_external_latents_noise_and_encoder_features(generator_and_params):
+  generator, params = generator_and_params
+  synthesis = networks.SynthesisNetwork(16, 4, channel_base=128, channel_max=16)
+  latents = jax.random.normal(jax.random.key(12), (2, 3, 16))
+  noise = networks.sample_noise(jax.random.key(13), synthesis.resolutions, 2)
+  encoder = {8: jax.random.normal(jax.random.key(15), (2, 8, 8, 5))}
+
+  @jax.jit
+  def run(synthesis_params, noise, encoder):
+    variables = {"params": synthesis_params}
+    image, features = synthesis.apply(variables, latents, noise=noise, encoder_features=encoder)
+    # Block by block, as stage 2 interleaves the memory with its decoder.
+    x = rgb = None
+    for i, r in enumerate(synthesis.resolutions):
+      x, rgb = synthesis.apply(variables, i, x, rgb, latents[:, i], noise[i], encoder.get(r),
+                               method="block")
+    return image, features, rgb, x
+
+  image, features, block_rgb, block_x = run(params["synthesis"], noise, {})
+  assert {r: f.shape for r, f in features.items()} == {4: (2, 4, 4, 16), 8: (2, 8, 8, 16),
+                                                       16: (2, 16, 16, 8)}
+  np.testing.assert_allclose(block_rgb, image, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(block_x, features[16], rtol=1e-5, atol=1e-6)
+
+  # Supplied noise is used: other noise, other image.
+  other_noise = networks.sample_noise(jax.random.key(14), synthesis.resolutions, 2)
+  assert not np.allclose(run(params["synthesis"], other_noise, {})[0], image)
+
+  # Encoder features go through an identity-initialised adapter: the memory's output is
+  # unchanged until stage 2 trains the adapter, and the frozen part is the stage-1 tree.
+  with_adapter = jax.eval_shape(synthesis.init, jax.random.key(16), latents, noise=noise,
+                                encoder_features=encoder)["params"]
+  frozen, adapters = stylegan.split_adapters(with_adapter)
+  assert jax.tree.structure(frozen) == jax.tree.structure(params["synthesis"])
+  assert list(adapters) == ["b8"]
+  # The adapter's own initial values (upsampled F_{i-1} at 8x8 has the 4x4 block's width).
+  adapters = {"b8": {"encoder_fusion": networks.EncoderFusion().init(
+      jax.random.key(17), jnp.zeros((2, 8, 8, 16)), encoder[8])["params"]}}
+  merged = stylegan.merge_adapters(params["synthesis"], adapters)
+  adapted, adapted_features, block_rgb, _ = run(merged, noise, encoder)
+  np.testing.assert_allclose(adapted, image, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(block_rgb, image, rtol=1e-5, atol=1e-6)
+  trained = stylegan.merge_adapters(params["synthesis"],
+                                    jax.tree.map(lambda a: a + 0.1, adapters))
+  changed, changed_features, _, _ = run(trained, noise, encoder)
+  np.testing.assert_array_equal(changed_features[4], features[4])  # Below the fused level.
+  assert not np.allclose(changed_features[8], features[8])
+
+
+def test_export_load_round_trip_and_mismatches(generator_and_params, tmp_path):
+  _, params = generator_and_params
+  model = ml_collections.ConfigDict(TINY_MODEL)
+  w_avg = jnp.linspace(-1.0, 1.0, 16)
+  path = stylegan.export_memory(str(tmp_path / "memory"), params=params, w_avg=w_avg,
+                                model_config=model, step=7)
+  memory = stylegan.load_memory(path, model)
+  assert memory.step == 7
+  np.testing.assert_array_equal(memory.w_avg, w_avg)
+  for a, b in zip(jax.tree.leaves(memory.params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  assert stylegan.load_memory(path).model_config.channel_max == 16  # Stored architecture.
+
+  wider = ml_collections.ConfigDict({**TINY_MODEL, "channel_max": 32})
+  with pytest.raises(stylegan.MemoryMismatchError, match=r"model\.channel_max: exported 16, "
+                     r"requested 32"):
+    stylegan.load_memory(path, wider)
+  # Arrays that do not fit the architecture the export claims: the leaf is named.
+  lying = stylegan.export_memory(str(tmp_path / "lying"), params=params, w_avg=w_avg,
+                                 model_config=wider, step=7)
+  with pytest.raises(stylegan.MemoryMismatchError, match=r"params/synthesis/b4/const"):
+    stylegan.load_memory(lying, wider)
+  with pytest.raises(FileNotFoundError, match="memory_pretraining"):
+    stylegan.load_memory(str(tmp_path / "nothing"))
