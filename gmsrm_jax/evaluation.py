@@ -106,7 +106,7 @@ def mask_settings(eval_config: ml_collections.ConfigDict) -> list[tuple[str, tup
   """(column name, mask_spec) pairs: configured bins, center masks, then what tables add."""
   specs = [("bin", name) for name in eval_config.mask_bins]
   specs += [("center", float(r)) for r in eval_config.center_ratios]
-  for table in eval_config.get("tables", ()):
+  for table in eval_config.tables:
     if table not in TABLES:
       raise ValueError(f"Unknown config.eval.tables entry {table!r}; known: {sorted(TABLES)}.")
     specs += [spec for _, spec in TABLES[table].settings if spec not in specs]
@@ -158,7 +158,7 @@ def batch_metrics(components, lpips_net, fid_size, params, g_state, lpips_params
   output = step_lib.predict(components, params, g_state, batch["image"], batch["mask"])
   values = metrics_lib.compute_all(_to_unit(output), _to_unit(batch["image"]))
   if lpips_params is not None:
-    # LPIPS takes [-1, 1] images, the range `output` is already in (clipped like the others).
+    # LPIPS takes [-1, 1] images; the output is clipped to that range like the metrics' inputs.
     values["lpips"] = lpips_lib.lpips_distance(
         lpips_params, 2.0 * _to_unit(output) - 1.0, batch["image"], lpips_net)
   weight = batch["weight"]
@@ -250,14 +250,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
     for column_results in results.values():
       column_results[key] = None
 
+  notes = {}  # metric -> a caveat printed under every table that shows it.
+  if "fid" not in unavailable and config.eval.fid_image_size != inception.FID_IMAGE_SIZE:
+    notes["fid"] = (f"computed on {config.eval.fid_image_size}x{config.eval.fid_image_size} "
+                    f"Inception inputs, not FID's {inception.FID_IMAGE_SIZE}: not comparable "
+                    "with published FIDs")
   tables = {}
   if jax.process_index() == 0:
     label = "EMA" if config.eval.use_ema else "raw"
-    write_tables(results, step, out_dir, weights=label, unavailable=unavailable)
+    write_tables(results, step, out_dir, weights=label, unavailable=unavailable, notes=notes)
     method = config.eval.method_name or config.model.name
     for name in config.eval.tables:
       tables[name] = write_paper_table(name, results, step, out_dir, method=method,
-                                       unavailable=unavailable)
+                                       unavailable=unavailable, notes=notes)
     if real_stats is not None and real_stats.count >= 2:
       real_stats.save(os.path.join(out_dir, "fid_real_stats.npz"))
   return {"step": step, "results": results, "unavailable": unavailable, "tables": tables}
@@ -275,19 +280,22 @@ def _fmt(key: str, value: float | None, digits: int | None = None) -> str:
   return f"{value:.{digits}f}"
 
 
-def _unavailable_lines(unavailable: dict[str, str]) -> list[str]:
-  return [f"- {_DISPLAY[key][0]}: unavailable, {reason}." for key, reason in unavailable.items()]
+def _footer(unavailable: dict[str, str], notes: dict[str, str]) -> list[str]:
+  """Markdown lines under a table: why a metric is missing, caveats on the ones shown."""
+  return ([f"- {_DISPLAY[key][0]}: unavailable, {reason}." for key, reason in unavailable.items()]
+          + [f"- {_DISPLAY[key][0]}: {note}." for key, note in notes.items()])
 
 
 def write_tables(results: dict[str, dict[str, Any]], step: int, out_dir: str, weights: str,
-                 unavailable: dict[str, str] | None = None) -> None:
+                 unavailable: dict[str, str] | None = None,
+                 notes: dict[str, str] | None = None) -> None:
   """metrics.{json,csv,md}: every metric (rows) x every evaluated setting (columns)."""
-  unavailable = unavailable or {}
+  unavailable, notes = unavailable or {}, notes or {}
   os.makedirs(out_dir, exist_ok=True)
   columns = list(results)
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump({"step": step, "weights": weights, "results": results,
-               "unavailable": unavailable}, f, indent=2)
+               "unavailable": unavailable, "notes": notes}, f, indent=2)
   with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["metric", *columns])
@@ -302,8 +310,9 @@ def write_tables(results: dict[str, dict[str, Any]], step: int, out_dir: str, we
     lines.append(f"| {name} {arrow} | " + " | ".join(_fmt(key, results[c][key]) for c in columns)
                  + " |")
   lines.append("| images | " + " | ".join(str(results[c]["images"]) for c in columns) + " |")
-  if unavailable:
-    lines += [""] + _unavailable_lines(unavailable)
+  footer = _footer(unavailable, notes)
+  if footer:
+    lines += [""] + footer
   with open(os.path.join(out_dir, "metrics.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 
@@ -349,16 +358,19 @@ def paper_table(name: str, results: dict[str, dict[str, Any]], method: str
 
 
 def write_paper_table(name: str, results: dict[str, dict[str, Any]], step: int, out_dir: str,
-                      *, method: str, unavailable: dict[str, str]) -> str:
+                      *, method: str, unavailable: dict[str, str],
+                      notes: dict[str, str] | None = None) -> str:
   """table_<name>.{md,csv,json} in the layout of that paper table; returns the .md path."""
   layout = TABLES[name]
   header, rows, values = paper_table(name, results, method)
   base = os.path.join(out_dir, f"table_{name}")
   relevant = {k: v for k, v in unavailable.items() if k in layout.metrics}
+  notes = {k: v for k, v in (notes or {}).items() if k in layout.metrics}
   images = {label: results[_column(spec)]["images"] for label, spec in layout.settings}
   with open(base + ".json", "w") as f:
     json.dump({"table": name, "title": layout.title, "step": step, "method": method,
-               "values": values, "images": images, "unavailable": relevant}, f, indent=2)
+               "values": values, "images": images, "unavailable": relevant,
+               "notes": notes}, f, indent=2)
   with open(base + ".csv", "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(header)
@@ -367,8 +379,9 @@ def write_paper_table(name: str, results: dict[str, dict[str, Any]], step: int, 
            f"{', '.join(f'{k} {v}' for k, v in images.items())}).", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(row) + " |" for row in rows]
-  if relevant:
-    lines += [""] + _unavailable_lines(relevant)
+  footer = _footer(relevant, notes)
+  if footer:
+    lines += [""] + footer
   with open(base + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
   return base + ".md"

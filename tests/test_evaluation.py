@@ -123,6 +123,9 @@ def test_lpips_fid_and_paper_tables(tiny_data_dir, checkpointed, tmp_path):
   psnr = out["results"]["center 50%"]["psnr"]
   assert lines[4].startswith(f"| Base model | {psnr:.2f} |")
   assert os.path.exists(os.path.join(eval_dir, "samples_0-20.png"))
+  assert "- FID: computed on 75x75 Inception inputs" in open(os.path.join(eval_dir,
+                                                                      "table_cicm.md")).read()
+  assert "FID" not in open(out["tables"]["gmsrm_table4"]).read()  # No FID column, no note.
 
 
 def _fake_results(lpips_value):

@@ -2,8 +2,9 @@
 
 Builders are instantiated directly (ours are not in the TFDS registry, see their docstrings;
 the papers' datasets are in paper_datasets.py). A dataset is read only if it was prepared
-beforehand with `python -m gmsrm_jax.data.prepare`; a missing one fails at once with the directory looked in and
-the exact command, instead of TFDS's network retries (minutes when offline).
+beforehand with `python -m gmsrm_jax.data.prepare`; a missing one fails at once with the
+directory looked in and the exact command, instead of TFDS's network retries (minutes when
+offline).
 """
 
 import shlex
