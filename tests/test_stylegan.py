@@ -1,5 +1,7 @@
 """The StyleGAN2 memory's pieces against independent computations (StyleGAN2 eqs. 1-4)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -13,6 +15,18 @@ from gmsrm_jax.stylegan import networks
 
 TINY_MODEL = dict(z_dim=16, w_dim=16, resolution=16, start_resolution=4, channel_base=128,
                   channel_max=16, mapping_layers=2, mapping_lr_mul=0.01)
+
+
+def _random_params(module, *args, **kwargs):
+  """N(0, 1) parameters of `module`'s shapes, drawn on the host.
+
+  The equalities tested below hold for any weights; flax's init would compile one threefry
+  kernel per parameter (seconds on CPU) for nothing.
+  """
+  shapes = jax.eval_shape(module.init, {"params": jax.random.key(0), "noise": jax.random.key(0)},
+                          *args, **kwargs)["params"]
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), shapes)
 
 
 def _per_sample_reference(x, kernel, styles, demodulate):
@@ -53,13 +67,32 @@ def test_demodulated_outputs_have_unit_variance_for_unit_variance_inputs():
   assert np.mean(np.var(np.asarray(raw), axis=(1, 2))) > 10.0  # Without it: far from 1.
 
 
-def test_fir_resampling_shapes_and_unit_dc_gain():
-  ones = jnp.ones((2, 8, 8, 3))
-  up, down = layers.upsample_2x(ones), layers.downsample_2x(ones)
-  assert up.shape == (2, 16, 16, 3) and down.shape == (2, 4, 4, 3)
-  np.testing.assert_allclose(up[:, 1:-1, 1:-1], 1.0, rtol=1e-6)  # Borders see zero padding.
+def _fir_reference(x, gain, padding, stride=1, dilation=1):
+  """upfirdn2d as a depthwise conv with the 4x4 [1, 3, 3, 1] outer-product kernel."""
+  taps = np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64.0 * gain
+  kernel = jnp.asarray(np.tile(taps[:, :, None, None], (1, 1, 1, x.shape[-1])), x.dtype)
+  return jax.lax.conv_general_dilated(
+      x, kernel, (stride, stride), ((padding, padding),) * 2, lhs_dilation=(dilation,) * 2,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+
+
+def test_fir_resampling_equals_the_2d_filter():
+  x = jax.random.normal(jax.random.key(20), (2, 8, 6, 3))
+  ones = jnp.ones((1, 8, 8, 1))
+
+  @jax.jit
+  def both(x, ones):
+    ours = (layers.upsample_2x(x), layers.downsample_2x(x), layers.blur_for_strided_conv(x))
+    references = (_fir_reference(x, 4.0, 2, dilation=2), _fir_reference(x, 1.0, 1, stride=2),
+                  _fir_reference(x, 1.0, 2))
+    return ours, references, layers.upsample_2x(ones), layers.downsample_2x(ones)
+
+  ours, references, up, down = both(x, ones)
+  for a, b in zip(ours, references):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  # Unit DC gain away from the zero-padded border.
+  np.testing.assert_allclose(up[:, 1:-1, 1:-1], 1.0, rtol=1e-6)
   np.testing.assert_allclose(down[:, 1:-1, 1:-1], 1.0, rtol=1e-6)
-  assert layers.blur_for_strided_conv(ones).shape == (2, 9, 9, 3)
 
 
 def test_equalized_dense_scales_unit_weights_at_run_time():
@@ -89,7 +122,7 @@ def test_r1_penalty_equals_its_finite_difference_estimate():
   disc = networks.Discriminator(resolution=8, channel_base=32, channel_max=8,
                                 mbstd_group_size=2)
   real = jax.random.normal(jax.random.key(5), (2, 8, 8, 3))
-  params = jax.jit(disc.init)(jax.random.key(6), real)["params"]
+  params = _random_params(disc, real)
   with jax.enable_x64(True):
     params64 = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
     real64 = jnp.asarray(real, jnp.float64)
@@ -133,18 +166,6 @@ def test_truncation_trick():
   np.testing.assert_array_equal(half[:, 2:], latents[:, 2:])
 
 
-def _random_params(module, *args, **kwargs):
-  """N(0, 1) parameters of `module`'s shapes, drawn on the host.
-
-  The equalities tested below hold for any weights; flax's init would compile one threefry
-  kernel per parameter (seconds on CPU) for nothing.
-  """
-  shapes = jax.eval_shape(module.init, {"params": jax.random.key(0), "noise": jax.random.key(0)},
-                          *args, **kwargs)["params"]
-  rng = np.random.default_rng(0)
-  return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), shapes)
-
-
 @pytest.fixture(scope="module")
 def generator_and_params():
   generator = networks.Generator(**TINY_MODEL)
@@ -167,10 +188,12 @@ def test_memory_blocks_with_external_latents_noise_and_encoder_features(generato
   noise = networks.sample_noise(jax.random.key(13), synthesis.resolutions, 2)
   encoder = {8: jax.random.normal(jax.random.key(15), (2, 8, 8, 5))}
 
-  @jax.jit
-  def run(synthesis_params, noise, encoder):
+  @functools.partial(jax.jit, static_argnums=3)
+  def run(synthesis_params, noise, encoder, blockwise=False):
     variables = {"params": synthesis_params}
     image, features = synthesis.apply(variables, latents, noise=noise, encoder_features=encoder)
+    if not blockwise:
+      return image, features
     # Block by block, as stage 2 interleaves the memory with its decoder.
     x = rgb = None
     for i, r in enumerate(synthesis.resolutions):
@@ -178,12 +201,9 @@ def test_memory_blocks_with_external_latents_noise_and_encoder_features(generato
                                method="block")
     return image, features, rgb, x
 
-  image, features, block_rgb, block_x = run(params["synthesis"], noise, {})
+  image, features = run(params["synthesis"], noise, {})
   assert {r: f.shape for r, f in features.items()} == {4: (2, 4, 4, 16), 8: (2, 8, 8, 16),
                                                        16: (2, 16, 16, 8)}
-  np.testing.assert_allclose(block_rgb, image, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(block_x, features[16], rtol=1e-5, atol=1e-6)
-
   # Supplied noise is used: other noise, other image.
   other_noise = networks.sample_noise(jax.random.key(14), synthesis.resolutions, 2)
   assert not np.allclose(run(params["synthesis"], other_noise, {})[0], image)
@@ -199,12 +219,14 @@ def test_memory_blocks_with_external_latents_noise_and_encoder_features(generato
   adapters = {"b8": {"encoder_fusion": networks.EncoderFusion().init(
       jax.random.key(17), jnp.zeros((2, 8, 8, 16)), encoder[8])["params"]}}
   merged = stylegan.merge_adapters(params["synthesis"], adapters)
-  adapted, adapted_features, block_rgb, _ = run(merged, noise, encoder)
+  adapted, _, block_rgb, block_x = run(merged, noise, encoder, True)
   np.testing.assert_allclose(adapted, image, rtol=1e-5, atol=1e-6)
+  # Block by block (stage 2's progressive reasoning) computes the same thing.
   np.testing.assert_allclose(block_rgb, image, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(block_x, features[16], rtol=1e-5, atol=1e-6)
   trained = stylegan.merge_adapters(params["synthesis"],
                                     jax.tree.map(lambda a: a + 0.1, adapters))
-  changed, changed_features, _, _ = run(trained, noise, encoder)
+  _, changed_features, _, _ = run(trained, noise, encoder, True)
   np.testing.assert_array_equal(changed_features[4], features[4])  # Below the fused level.
   assert not np.allclose(changed_features[8], features[8])
 

@@ -11,11 +11,10 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-# Binomial [1, 3, 3, 1] filter of StyleGAN2's up/down-sampling (its "resample_filter").
-_FIR_TAPS = np.array([1.0, 3.0, 3.0, 1.0])
+# StyleGAN2's resampling filter [1, 3, 3, 1] (separable, normalised to unit DC gain).
+_FIR_TAPS = (0.125, 0.375, 0.375, 0.125)
 
 
 def lrelu_gain(x: jax.Array) -> jax.Array:
@@ -23,34 +22,51 @@ def lrelu_gain(x: jax.Array) -> jax.Array:
   return nn.leaky_relu(x, 0.2) * math.sqrt(2.0)
 
 
-def _fir_kernel(channels: int, gain: float, dtype) -> jax.Array:
-  taps = np.outer(_FIR_TAPS, _FIR_TAPS)
-  taps = taps / taps.sum() * gain
-  return jnp.asarray(np.tile(taps[:, :, None, None], (1, 1, 1, channels)), dtype)
+# The FIR filters are shifted slices and weighted sums, one spatial axis at a time, rather than
+# depthwise convolutions: XLA:CPU runs a zero-inserting (lhs-dilated) depthwise conv, which
+# upsampling and the gradient of strided downsampling both become, ~100x slower (measured:
+# 0.82 s vs 0.006 s for the gradient of one 16x32x32x64 upsampling); slices fuse with their
+# neighbours on every backend.
+
+def _pad_axis(x: jax.Array, axis: int, low: int, high: int) -> jax.Array:
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (low, high)
+  return jnp.pad(x, widths)
 
 
-def _depthwise(x: jax.Array, kernel: jax.Array, *, padding: int, stride: int = 1,
-               dilation: int = 1) -> jax.Array:
-  # A depthwise conv compiles faster on CPU than the same filter as shifted slices (measured).
-  return jax.lax.conv_general_dilated(
-      x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
-      lhs_dilation=(dilation, dilation), dimension_numbers=_DIMENSIONS,
-      feature_group_count=x.shape[-1])
+def _correlate_axis(x: jax.Array, axis: int, pad: int, stride: int = 1) -> jax.Array:
+  """Zero-pad by `pad` on both sides, correlate with the FIR taps, keep every stride-th."""
+  padded = _pad_axis(x, axis, pad, pad)
+  count = (padded.shape[axis] - len(_FIR_TAPS)) // stride + 1
+  return sum(tap * jax.lax.slice_in_dim(padded, k, k + (count - 1) * stride + 1, stride, axis)
+             for k, tap in enumerate(_FIR_TAPS))
+
+
+def _upsample_axis(x: jax.Array, axis: int) -> jax.Array:
+  # Zero insertion then the filter with gain 2 has two phases:
+  # out[2i] = x[i-1]/4 + 3x[i]/4 and out[2i+1] = 3x[i]/4 + x[i+1]/4 (zero beyond the border).
+  size = x.shape[axis]
+  before = jax.lax.slice_in_dim(_pad_axis(x, axis, 1, 0), 0, size, axis=axis)
+  after = jax.lax.slice_in_dim(_pad_axis(x, axis, 0, 1), 1, size + 1, axis=axis)
+  phases = jnp.stack([0.25 * before + 0.75 * x, 0.75 * x + 0.25 * after], axis=axis + 1)
+  shape = list(x.shape)
+  shape[axis] = 2 * size
+  return phases.reshape(shape)
 
 
 def upsample_2x(x: jax.Array) -> jax.Array:
-  """Zero-insertion then the FIR filter (gain 4 for the inserted zeros): [B,H,W,C] -> 2H x 2W."""
-  return _depthwise(x, _fir_kernel(x.shape[-1], 4.0, x.dtype), padding=2, dilation=2)
+  """Zero insertion + FIR filter (gain 4), StyleGAN2's upsampling: [B,H,W,C] -> 2H x 2W."""
+  return _upsample_axis(_upsample_axis(x, 1), 2)
 
 
 def downsample_2x(x: jax.Array) -> jax.Array:
   """FIR low-pass then every second pixel: [B,H,W,C] -> H/2 x W/2."""
-  return _depthwise(x, _fir_kernel(x.shape[-1], 1.0, x.dtype), padding=1, stride=2)
+  return _correlate_axis(_correlate_axis(x, 1, 1, 2), 2, 1, 2)
 
 
 def blur_for_strided_conv(x: jax.Array) -> jax.Array:
   """The FIR low-pass before a 3x3 stride-2 VALID conv: H -> H + 1, so the conv gives H/2."""
-  return _depthwise(x, _fir_kernel(x.shape[-1], 1.0, x.dtype), padding=2)
+  return _correlate_axis(_correlate_axis(x, 1, 2), 2, 2)
 
 
 def standard_normal(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:

@@ -1,0 +1,93 @@
+"""Stage-1 (generative memory) step cost, phase by phase: G main, G path length, D main, D R1.
+
+  python benchmarks/bench_memory_pretraining.py --configs=memory_synthetic:tiny,memory_synthetic
+  python benchmarks/bench_memory_pretraining.py --configs=memory_places2 --no_time
+
+For each config: every phase jitted on its own and the whole train step (whose lazy phases are
+`lax.cond` branches), on this machine's default device, batch = config.train.batch_size.
+Prints compile seconds, the median seconds per call over --steps timed calls after a warm-up
+(skipped with --no_time, e.g. for 256x256 on a CPU), and XLA's cost-analysis FLOPs per
+image. The step's FLOPs count both branches of each lazy phase, as XLA's analysis does; the
+amortised cost per step is G + D + pl/pl_interval + R1/r1_interval.
+"""
+
+import functools
+import importlib
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
+from gmsrm_jax.train import memory_pretraining as mp  # pylint: disable=g-import-not-at-top
+
+_CONFIGS = flags.DEFINE_list("configs", ["memory_synthetic:tiny", "memory_synthetic"],
+                             "configs/<module>[:variant] to measure.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per phase.")
+_TIME = flags.DEFINE_bool("time", True, "Run the phases (not only compile + cost analysis).")
+
+PHASES = (("G main", mp.generator_main), ("G path length", mp.generator_path_length),
+          ("D main", mp.discriminator_main), ("D R1", mp.discriminator_r1))
+
+
+def _config(name: str):
+  module, _, variant = name.partition(":")
+  return importlib.import_module(f"configs.{module}").get_config(variant)
+
+
+def _measure(fn, args, timed: bool) -> dict[str, float]:
+  jitted = jax.jit(fn)
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  result = {"compile_s": time.perf_counter() - start,
+            "flops": (compiled.cost_analysis() or {}).get("flops", float("nan"))}
+  if timed:
+    jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(_STEPS.value):
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      times.append(time.perf_counter() - start)
+    result["call_s"] = statistics.median(times)
+  return result
+
+
+def bench(name: str) -> list[tuple[str, dict[str, float]]]:
+  config = _config(name)
+  batch, size = config.train.batch_size, config.data.crop_size
+  components = mp.create_components(config)
+  state = jax.jit(functools.partial(mp.init_state, components, config))(jax.random.PRNGKey(0))
+  real = jax.numpy.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, size, size, 3)),
+                           jax.numpy.float32)
+  key = jax.random.PRNGKey(1)
+  rows = []
+  for label, phase in PHASES:
+    rows.append((label, _measure(functools.partial(phase, components, config),
+                                 (state, real, key), _TIME.value)))
+  step = functools.partial(mp.train_step, components, config)
+  rows.append(("train step", _measure(step, (state, {"image": real}), _TIME.value)))
+  for _, row in rows:
+    row["gflop_per_image"] = row["flops"] / batch / 1e9
+  return rows
+
+
+def main(argv):
+  del argv
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}")
+  for name in _CONFIGS.value:
+    config = _config(name)
+    print(f"\n{name}: {config.data.crop_size}x{config.data.crop_size}, batch "
+          f"{config.train.batch_size}, pl every {config.loss.pl_interval}, R1 every "
+          f"{config.loss.r1_interval}")
+    print(f"{'phase':>14} {'compile s':>10} {'s/call':>8} {'GFLOP/img':>10}")
+    for label, row in bench(name):
+      call = f"{row['call_s']:8.4f}" if "call_s" in row else f"{'-':>8}"
+      print(f"{label:>14} {row['compile_s']:>10.2f} {call} {row['gflop_per_image']:>10.3f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
