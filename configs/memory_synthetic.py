@@ -6,9 +6,10 @@
       --workdir=runs/memory_synthetic   # exports the memory, writes report.{json,png}
 
 Variants (the part after the colon):
-  (none)  32x32 crops of synthetic_scenes/64, widths 64-32, batch 16: a few minutes on 2 CPU
-          cores; samples move from noise to sky/ground scenes with the data's colours (see
-          docs/MEMORY_PRETRAINING.md for the grid and the statistics before/after).
+  (none)  32x32 crops of synthetic_scenes/64, widths 64-32, batch 16, 3000 steps: ~12 minutes
+          on 2 idle CPU cores. Samples reach the data's colour statistics (distance of the
+          per-channel mean/std to the data's: 3.24 at initialisation, 0.06 after) and its flat
+          regions and textures; docs/MEMORY_PRETRAINING.md has the grids.
   tiny    16x16, a few channels, frequent regularization; used by the tests (seconds).
 The architecture and training are those of configs/memory_places2.py, scaled down.
 """
