@@ -8,6 +8,7 @@ discriminator's loss. `config.loss.objective` picks one.
 from typing import Protocol
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from gmsrm_jax import losses
@@ -65,7 +66,53 @@ class GMSRMObjective:
     return losses.discriminator_hinge_loss(real_logits, fake_logits)
 
 
-_OBJECTIVES = {"gmsrm": GMSRMObjective}
+def relativistic_logits(x_logits: jax.Array, y_logits: jax.Array) -> jax.Array:
+  """CICM eq. 6 before the sigmoid: C(x) - E_y[C(y)], the mean over every logit of the batch."""
+  return x_logits - jnp.mean(y_logits)
+
+
+def relativistic_generator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """CICM eq. 5, L_adv: -E[log(1 - D(real, fake))] - E[log D(fake, real)].
+
+  With D = sigmoid(z): -log(1 - sigmoid(z)) = softplus(z), -log sigmoid(z) = softplus(-z).
+  """
+  return (jnp.mean(jax.nn.softplus(relativistic_logits(real_logits, fake_logits)))
+          + jnp.mean(jax.nn.softplus(-relativistic_logits(fake_logits, real_logits))))
+
+
+def relativistic_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array
+                                    ) -> jax.Array:
+  """The discriminator's side of eq. 5 (roles swapped): -E[log D(real, fake)] -
+  E[log(1 - D(fake, real))]."""
+  return (jnp.mean(jax.nn.softplus(-relativistic_logits(real_logits, fake_logits)))
+          + jnp.mean(jax.nn.softplus(relativistic_logits(fake_logits, real_logits))))
+
+
+class CICMObjective:
+  """CICM eq. 9: λ1·L_inpaint + λ2·L_adv (eqs. 5-6) + the terms CICM reports.
+
+  L_inpaint is the squared error of the raw prediction, a mean over pixels, channels and batch.
+  The memory's terms (ratio, eq. 7; inter and intra, eq. 8) come from the generator and are
+  weighted by config.loss.<name>_weight; eq. 9 subtracts λ5·L_intra, so intra_weight = -λ5.
+  """
+
+  _OWN = ("inpaint", "adv_g")
+
+  def generator_terms(self, *, image, mask, prediction, real_logits, fake_logits):
+    del mask  # Eq. 5 compares the whole image.
+    return {"inpaint": jnp.mean(jnp.square(prediction - image)),
+            "adv_g": relativistic_generator_loss(real_logits, fake_logits)}
+
+  def generator_total(self, terms, loss_config):
+    return (loss_config.inpaint_weight * terms["inpaint"]
+            + loss_config.adv_weight * terms["adv_g"]
+            + weighted_auxiliary(terms, self._OWN, loss_config))
+
+  def discriminator_loss(self, real_logits, fake_logits):
+    return relativistic_discriminator_loss(real_logits, fake_logits)
+
+
+_OBJECTIVES = {"gmsrm": GMSRMObjective, "cicm": CICMObjective}
 
 
 def register(name: str, objective_class) -> None:

@@ -23,6 +23,17 @@ def inpainting_grid(image: np.ndarray, mask: np.ndarray, output: np.ndarray,
   return grid
 
 
+def matrix_image(matrix: np.ndarray, *, limit: float = 1.0, cell: int = 12) -> np.ndarray:
+  """uint8 [rows*cell, cols*cell, 3] heatmap of a matrix in [-limit, limit] (e.g. cosine
+  similarities): blue for -limit, white for 0, red for +limit."""
+  t = np.clip(np.asarray(matrix, np.float32) / limit, -1.0, 1.0)[..., None]
+  white, red, blue = (np.array(c, np.float32) for c in ((1, 1, 1), (0.8, 0.1, 0.1),
+                                                         (0.1, 0.2, 0.8)))
+  rgb = np.where(t >= 0, white + t * (red - white), white - t * (blue - white))
+  rgb = np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)
+  return np.round(rgb * 255).astype(np.uint8)
+
+
 def save_png(grid: np.ndarray, path: str) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(grid).save(path)

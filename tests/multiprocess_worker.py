@@ -1,8 +1,10 @@
 """One process of the two-process test (tests/test_multiprocess.py); not a test itself.
 
-Usage: python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR DATA_DIR OUT_JSON
+Usage: python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR DATA_DIR OUT_JSON [CONFIG]
+CONFIG is "<module in configs/>:<argument>", default "base:tiny" (e.g. "unet_cicm:tiny").
 """
 
+import importlib
 import json
 import os
 import sys
@@ -13,14 +15,14 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import base as base_config  # pylint: disable=g-import-not-at-top
 from gmsrm_jax.train import loop  # pylint: disable=g-import-not-at-top
 from gmsrm_jax.train import parallel  # pylint: disable=g-import-not-at-top
 
 
-def main(process_id, port, workdir, data_dir, out_json):
+def main(process_id, port, workdir, data_dir, out_json, config_name="base:tiny"):
   parallel.maybe_initialize_distributed(f"127.0.0.1:{port}", 2, int(process_id))
-  config = base_config.get_config("tiny")
+  module, argument = config_name.split(":")
+  config = importlib.import_module(f"configs.{module}").get_config(argument)
   config.data.data_dir = data_dir
   config.train.num_steps = 2
   state = loop.train_and_evaluate(config, workdir)

@@ -22,13 +22,17 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_agree_with_each_other_and_with_one_process(tiny_data_dir, tmp_path):
+def run_two_processes(data_dir, tmp_path, config_name="base:tiny"):
+  """Trains `config_name` (see the worker) for 2 steps in 2 processes x 4 devices.
+
+  Returns (workdir, [per-process results: process/device counts, every state leaf]).
+  """
   port = _free_port()
   workdir = str(tmp_path / "two_process")
   outs = [str(tmp_path / f"process_{i}.json") for i in range(2)]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  procs = [subprocess.Popen([sys.executable, WORKER, str(i), str(port), workdir, tiny_data_dir,
-                             outs[i]], env=env, stdout=subprocess.PIPE,
+  procs = [subprocess.Popen([sys.executable, WORKER, str(i), str(port), workdir, data_dir,
+                             outs[i], config_name], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
   logs = []
   for proc in procs:
@@ -45,6 +49,11 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tiny_data_dir,
   for out in outs:
     with open(out) as f:
       results.append(json.load(f))
+  return workdir, results
+
+
+def test_two_processes_agree_with_each_other_and_with_one_process(tiny_data_dir, tmp_path):
+  workdir, results = run_two_processes(tiny_data_dir, tmp_path)
   assert [r["process_count"] for r in results] == [2, 2]
   assert [r["device_count"] for r in results] == [8, 8]
   assert results[0]["leaves"] == results[1]["leaves"]  # Bit-identical across processes.

@@ -15,6 +15,9 @@ import jax.numpy as jnp
 
 class PatchDiscriminator(nn.Module):
   channels: Sequence[int]
+  # A relativistic loss (CICM eq. 6) compares C(x) with E[C(y)], so a logit bias cancels and
+  # gets an exactly zero gradient, which in float is rounding noise that Adam amplifies.
+  logit_bias: bool = True
 
   @nn.compact
   def __call__(self, image: jax.Array, mask: jax.Array, *, update_stats: bool) -> jax.Array:
@@ -23,5 +26,5 @@ class PatchDiscriminator(nn.Module):
       conv = nn.Conv(features, (4, 4), strides=2, padding="SAME", name=f"conv_{i}")
       x = nn.leaky_relu(nn.SpectralNorm(conv, name=f"sn_{i}")(x, update_stats=update_stats),
                         0.2)
-    head = nn.Conv(1, (3, 3), padding="SAME", name="logits")
+    head = nn.Conv(1, (3, 3), padding="SAME", use_bias=self.logit_bias, name="logits")
     return nn.SpectralNorm(head, name="sn_logits")(x, update_stats=update_stats)[..., 0]

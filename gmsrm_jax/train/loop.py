@@ -52,6 +52,23 @@ def check_finite(metrics: dict[str, Any], step: int) -> None:
                                "Stopping before the state is checkpointed.")
 
 
+def split_for_writer(means: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, Any]]:
+  """Metrics averaged over the log interval -> (scalars, images) for the metric writer.
+
+  Scalars stay scalars; a vector (e.g. regions per memory set) becomes one scalar per entry,
+  "<name>/<index>"; a matrix (e.g. anchor similarities) becomes a heatmap image.
+  """
+  scalars, images = {}, {}
+  for name, value in means.items():
+    if value.ndim == 0:
+      scalars[name] = float(value)
+    elif value.ndim == 1:
+      scalars.update({f"{name}/{i:02d}": float(v) for i, v in enumerate(value)})
+    else:
+      images[name] = visualize.matrix_image(value)[None]
+  return scalars, images
+
+
 def _write_samples(writer, workdir: str, step: int, grid: np.ndarray) -> None:
   writer.write_images(step, {"samples": grid[None]})
   if jax.process_index() == 0:
@@ -107,9 +124,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       host = jax.device_get(summed)
       check_finite(host, done)
       elapsed = time.perf_counter() - interval_start
-      scalars = {k: float(v) / summed_count for k, v in host.items()}
+      scalars, images = split_for_writer({k: np.asarray(v) / summed_count
+                                          for k, v in host.items()})
       scalars["perf/img_per_sec"] = interval_steps * config.train.batch_size / elapsed
       writer.write_scalars(done, scalars)
+      if images:
+        writer.write_images(done, images)
       summed, summed_count = None, 0
       interval_start, interval_steps = time.perf_counter(), 0
 

@@ -7,6 +7,7 @@ spectral-norm statistics, any carried memory) is identical on every device and p
 
 from typing import Any
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -17,14 +18,22 @@ from gmsrm_jax import objectives
 from gmsrm_jax.train.state import Components, TrainState
 
 
+# A generator may `sow` non-loss values (e.g. memory statistics) into this collection during
+# training; they are reported as metrics "diag/<module path>/<name>" and never carried.
+DIAGNOSTICS = "diagnostics"
+
+
 def generator_forward(components: Components, g_params: Any, g_state: dict[str, Any],
                       image: jax.Array, mask: jax.Array, *, train: bool, rng: jax.Array
-                      ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
-  """Returns (prediction, auxiliary loss terms, updated non-param collections)."""
+                      ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any],
+                                 dict[str, jax.Array]]:
+  """Returns (prediction, auxiliary loss terms, updated non-param collections, diagnostics)."""
   (prediction, aux), new_state = components.generator.apply(
       {"params": g_params, **g_state}, image, mask, train=train, rngs={"noise": rng},
-      mutable=list(g_state.keys()))
-  return prediction, aux, dict(new_state)
+      mutable=[*g_state.keys(), DIAGNOSTICS])
+  new_state = dict(new_state)
+  diagnostics = traverse_util.flatten_dict(new_state.pop(DIAGNOSTICS, {}), sep="/")
+  return prediction, aux, new_state, {f"diag/{k}": v for k, v in diagnostics.items()}
 
 
 def train_step(components: Components, config: ml_collections.ConfigDict, state: TrainState,
@@ -49,7 +58,7 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
     return real_logits, fake_logits, dict(new_d_state)
 
   def g_loss_fn(g_params):
-    prediction, aux, new_g_state = generator_forward(
+    prediction, aux, new_g_state, diagnostics = generator_forward(
         components, g_params, state.g_state, image, mask, train=True, rng=step_rng)
     completed = models.composite(prediction, image, mask)
     real_logits, fake_logits, _ = discriminate(
@@ -57,9 +66,10 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
     terms = {**objective.generator_terms(image=image, mask=mask, prediction=prediction,
                                          real_logits=real_logits, fake_logits=fake_logits),
              **aux}
-    return objective.generator_total(terms, config.loss), (terms, completed, new_g_state)
+    return objective.generator_total(terms, config.loss), (terms, completed, new_g_state,
+                                                           diagnostics)
 
-  (g_total, (g_terms, completed, new_g_state)), g_grads = jax.value_and_grad(
+  (g_total, (g_terms, completed, new_g_state, diagnostics)), g_grads = jax.value_and_grad(
       g_loss_fn, has_aux=True)(state.g_params)
 
   fake = jax.lax.stop_gradient(completed)
@@ -87,7 +97,7 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
              "loss/g_total": g_total, "loss/d": d_loss,
              "disc/real_logit": real_mean, "disc/fake_logit": fake_mean,
              "grad_norm/g": optax.tree.norm(g_grads),
-             "grad_norm/d": optax.tree.norm(d_grads)}
+             "grad_norm/d": optax.tree.norm(d_grads), **diagnostics}
   return new_state, metrics
 
 
@@ -99,6 +109,6 @@ def ema_update(ema_params: Any, params: Any, decay: float) -> Any:
 def predict(components: Components, params: Any, g_state: dict[str, Any], image: jax.Array,
             mask: jax.Array) -> jax.Array:
   """Inference: the composited output of the given (usually EMA) generator params."""
-  prediction, _, _ = generator_forward(components, params, g_state, image, mask, train=False,
-                                       rng=jax.random.key(0))
+  prediction, _, _, _ = generator_forward(components, params, g_state, image, mask,
+                                          train=False, rng=jax.random.key(0))
   return models.composite(prediction, image, mask)
