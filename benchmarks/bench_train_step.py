@@ -28,7 +28,11 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per variant.")
 
 
 def bench(variant: str) -> dict[str, float]:
-  config = base_config.get_config(variant)
+  return bench_config(base_config.get_config(variant))
+
+
+def bench_config(config) -> dict[str, float]:
+  """Compile and step times of `config`'s train step on random data."""
   mesh = parallel.make_mesh()
   size, batch_size = config.data.crop_size, config.train.batch_size
   components = state_lib.create_components(config)
