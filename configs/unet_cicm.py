@@ -46,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.crop_size = 256
   if variant == "places2":
     config.data.name = "places365_small"
+    config.data.eval_split = "validation"  # Places365's labelled test images (docs/REPRODUCE.md).
   elif variant == "celeba":
     config.data.name = "celeb_a"
 
