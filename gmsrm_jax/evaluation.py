@@ -38,10 +38,8 @@ from gmsrm_jax.data import pipeline
 from gmsrm_jax.features import fid as fid_lib
 from gmsrm_jax.features import inception
 from gmsrm_jax.features import lpips as lpips_lib
-from gmsrm_jax.train import checkpoint
 from gmsrm_jax.train import loop
 from gmsrm_jax.train import parallel
-from gmsrm_jax.train import tasks
 from gmsrm_jax.train import step as step_lib
 
 # Display name, result key, whether higher is better.
@@ -182,17 +180,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
   parallel.check_batch_size(config.eval.batch_size, mesh)
   settings = mask_settings(config.eval)  # Unknown table names fail before any work.
   networks = load_feature_networks(config.eval, mesh)
-  task = tasks.get(config)
-  components = task.create_components(config)
-  manager = checkpoint.create_manager(workdir, read_only=True)
-  _, abstract = loop.abstract_train_state(config, task, components, mesh)
-  restored = checkpoint.restore(manager, abstract, step)
-  if restored is None:
-    raise FileNotFoundError(
-        f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}. Train first: python train.py "
-        f"--config=<the same config> --workdir={workdir}")
-  state, step = restored
-  params = state.ema_params if config.eval.use_ema else state.g_params
+  components, state, step = loop.restore_run(config, workdir, mesh, step=step)
+  params = step_lib.inference_params(config, state)
   replicated = parallel.replicated(mesh)
   evaluate_batch = jax.jit(
       functools.partial(batch_metrics, components, config.eval.lpips_net,

@@ -45,6 +45,25 @@ def restore_or_init(config, task, components, mesh, manager):
   return parallel.create_sharded(init_fn, mesh)
 
 
+def restore_run(config: ml_collections.ConfigDict, workdir: str, mesh, *,
+                step: int | None = None) -> tuple[Any, state_lib.TrainState, int]:
+  """(components, state, step) of a trained run, for evaluation and export.
+
+  Raises FileNotFoundError (with the command to train) when the run has no checkpoint, and
+  checkpoint.CheckpointMismatchError when it does not fit the config's model.
+  """
+  task = tasks.get(config)
+  components = task.create_components(config)
+  _, abstract = abstract_train_state(config, task, components, mesh)
+  restored = checkpoint.restore(checkpoint.create_manager(workdir, read_only=True), abstract,
+                                step)
+  if restored is None:
+    raise FileNotFoundError(
+        f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}. Train first: python train.py "
+        f"--config=<the same config> --workdir={workdir}")
+  return components, *restored
+
+
 def check_finite(metrics: dict[str, Any], step: int) -> None:
   for name, value in metrics.items():
     if name.startswith("loss/") and not np.all(np.isfinite(value)):

@@ -106,6 +106,11 @@ def ema_update(ema_params: Any, params: Any, decay: float) -> Any:
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
 
 
+def inference_params(config: ml_collections.ConfigDict, state: TrainState) -> Any:
+  """The generator weights that evaluation, sample grids and export use (`eval.use_ema`)."""
+  return state.ema_params if config.eval.use_ema else state.g_params
+
+
 def predict(components: Components, params: Any, g_state: dict[str, Any], image: jax.Array,
             mask: jax.Array) -> jax.Array:
   """Inference: the composited output of the given (usually EMA) generator params."""

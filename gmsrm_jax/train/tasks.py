@@ -53,7 +53,7 @@ def _inpainting_sampler(components, config, mesh):
                     out_shardings=parallel.replicated(mesh))
 
   def sample(state):
-    output = predict(state.ema_params, state.g_state, inputs["image"], inputs["mask"])
+    output = predict(step_lib.inference_params(config, state), state.g_state, inputs["image"], inputs["mask"])
     output = np.asarray(multihost_utils.process_allgather(output, tiled=True))
     return visualize.inpainting_grid(host["image"], host["mask"], output)
 
