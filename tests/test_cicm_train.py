@@ -3,6 +3,9 @@
 by evaluation; its diagnostics reach TensorBoard."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -12,6 +15,7 @@ from tensorboard.util import tensor_util
 
 from configs import unet_cicm as cicm_config
 from gmsrm_jax import evaluation
+from gmsrm_jax import export as export_lib
 from gmsrm_jax import metrics as metrics_lib
 from gmsrm_jax.data import pipeline
 from gmsrm_jax.train import checkpoint
@@ -26,13 +30,14 @@ def _memory(state):
   return jax.device_get(state.g_state["memory"]["cicm"])
 
 
-def _assert_close(a, b, where, relative=1e-5):
-  """Leafwise |a - b| <= 2e-5 |b| + relative * (the leaf's largest |b|): equal up to the
-  rounding of reductions whose order depends on the device count."""
+def _assert_close(a, b, where, relative=1e-5, pointwise=2e-5, absolute=1e-7):
+  """Leafwise |a - b| < pointwise |b| + relative * (the leaf's largest |b|) + absolute: equal
+  up to the rounding of reductions whose order depends on the device count."""
   for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     scale = float(np.max(np.abs(y))) if y.size else 0.0
-    np.testing.assert_array_less(np.abs(x - y), 2e-5 * np.abs(y) + relative * scale + 1e-7,
+    np.testing.assert_array_less(np.abs(x - y),
+                                 pointwise * np.abs(y) + relative * scale + absolute,
                                  err_msg=f"{where}: {jax.tree_util.keystr(path)}")
 
 
@@ -85,9 +90,9 @@ def test_one_device_steps_agree_with_eight_devices(trained, initial):
   """Each step of the 8-device loop, redone on one device (no sharding at all) from the same
   state with the same global batch, writes the same memory and reports the same losses.
 
-  The rest of the state is compared loosely: on these flat synthetic images the tiny UNet's
-  4x4 bottleneck makes the backbone's gradients ill-conditioned, so they differ between device
-  counts by up to a few % of a leaf's scale, with or without CICM (DESIGN.md, CICM section).
+  The parameters are compared in float64 (next test): in float32 a pre-activation within
+  rounding of zero can flip a ReLU between device counts, which moves a few gradient entries
+  by ~1% (measured on this batch), and Adam's first, sign-like steps carry that on.
   """
   config, workdir, _ = trained
   task = tasks.get(config)
@@ -101,10 +106,35 @@ def test_one_device_steps_agree_with_eight_devices(trained, initial):
     eight = _restore(config, workdir, step)[0]
     assert not np.allclose(_memory(before)["features"], _memory(after)["features"])
     _assert_close(_memory(after), _memory(eight), f"step {step} memory, 1 vs 8 devices")
-    _assert_close(after, eight, f"step {step} state, 1 vs 8 devices", relative=0.05)
     for name in ("loss/inpaint", "loss/ratio", "loss/inter", "loss/intra"):
       np.testing.assert_allclose(metrics[name], logged[name][step], rtol=1e-5, err_msg=name)
     before = eight
+
+
+def test_one_and_eight_devices_agree_to_float64_rounding(trained, initial):
+  """The whole train step (memory, parameters, optimizer and discriminator state) in float64:
+  two steps on one device and on 8 devices agree to ~1e-14 of each leaf's scale."""
+  config, _, _ = trained
+  task = tasks.get(config)
+  step_fn = functools.partial(task.train_step, task.create_components(config), config)
+  batches = pipeline.create_train_iterator(config, start_step=0)
+  batches = [next(batches) for _ in range(2)]
+  mesh = parallel.make_mesh()
+  with jax.enable_x64(True):
+    to_f64 = lambda tree: jax.tree.map(
+        lambda x: np.asarray(x, np.float64) if np.asarray(x).dtype == np.float32 else x, tree)
+    one = eight = to_f64(initial)
+    eight = jax.device_put(eight, parallel.replicated(mesh))
+    step_one = jax.jit(step_fn)
+    step_eight = jax.jit(step_fn, out_shardings=(parallel.replicated(mesh), None))
+    for batch in map(to_f64, batches):
+      one, _ = step_one(one, batch)
+      eight, _ = step_eight(eight, parallel.global_batch(batch, mesh))
+    one, eight = jax.device_get((one, eight))
+  assert jax.tree.leaves(one.g_params)[0].dtype == np.float64
+  assert _memory(one)["features"].dtype == np.float64
+  _assert_close(one, eight, "float64, 1 vs 8 devices", relative=1e-12, pointwise=0.0,
+                absolute=1e-30)
 
 
 def test_memory_is_checkpointed_restored_and_read_by_evaluation(trained, initial):
@@ -152,3 +182,43 @@ def test_two_processes_carry_the_same_memory_as_one(tiny_data_dir, tmp_path, tra
                            [np.asarray(results[0]["leaves"][jax.tree_util.keystr(path)])
                             for path, _ in flat])
   _assert_close(two, jax.device_get(single), "2 processes vs 1")
+
+
+def test_export_carries_the_memory_and_serves_any_batch_size(trained, tmp_path):
+  config, workdir, _ = trained
+  state, components, _ = _restore(config, workdir)
+  out_dir = export_lib.export(config, workdir, str(tmp_path / "export"), platforms=("cpu",))
+  model = export_lib.load(out_dir)
+  assert model.step == 2
+  for name, value in _memory(state).items():
+    np.testing.assert_array_equal(model.variables["memory"]["cicm"][name], value, err_msg=name)
+
+  serve = export_lib.load_serving(out_dir)
+  predict = jax.jit(functools.partial(step_lib.predict, components))
+  batch = next(iter(pipeline.create_eval_iterator(config, mask_spec=("bin", "40-60"),
+                                                  num_images=8)))
+  for size in (3, 8):  # The serialized function's batch dimension is symbolic.
+    image, mask = batch["image"][:size], batch["mask"][:size]
+    expected = predict(step_lib.inference_params(config, state), state.g_state, image, mask)
+    np.testing.assert_allclose(model(image, mask), expected, atol=1e-5)
+    np.testing.assert_allclose(serve(image, mask), expected, atol=1e-5)
+
+  # Serving needs jax and orbax only: the model code is not importable in this process.
+  script = (
+      "import sys; sys.modules['gmsrm_jax'] = None\n"
+      "import jax, numpy as np, orbax.checkpoint as ocp\n"
+      f"d = {out_dir!r}\n"
+      "fn = jax.export.deserialize(bytearray(open(d + '/inpaint.jax', 'rb').read()))\n"
+      "variables = ocp.StandardCheckpointer().restore(d + '/variables')\n"
+      "x = np.load(d + '/x.npz')\n"
+      "np.save(d + '/y.npy', np.asarray(fn.call(variables, x['image'], x['mask'])))\n")
+  np.savez(os.path.join(out_dir, "x.npz"), image=batch["image"][:2], mask=batch["mask"][:2])
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=str(tmp_path))
+  np.testing.assert_allclose(np.load(os.path.join(out_dir, "y.npy")),
+                             serve(batch["image"][:2], batch["mask"][:2]), atol=1e-6)
+
+
+def test_loading_a_missing_export_says_how_to_create_one(tmp_path):
+  with pytest.raises(FileNotFoundError, match="python export.py"):
+    export_lib.load(str(tmp_path))

@@ -1,0 +1,137 @@
+"""Inference export: a trained run as one directory that serving needs, and nothing more.
+
+  python export.py --config=configs/unet_cicm.py:tiny --workdir=RUN [--output=DIR]
+
+writes (default DIR = RUN/export):
+  variables/     orbax arrays {"params": the generator weights evaluation uses (EMA or online,
+                 `eval.use_ema`), plus every other generator collection, e.g. CICM's "memory"}
+  inpaint.jax    the completion function `(variables, image, mask) -> completed image`,
+                 serialized with `jax.export` (StableHLO) for any batch size and the platforms
+                 of `--platforms`; calling it needs jax alone, not this package's model code
+  config.json    the run's config; manifest.json: step, image size, format, platforms.
+
+Images are float32 [B, H, W, 3] in [-1, 1] at the trained size; masks [B, H, W, 1], 1 = hole.
+The completion keeps the known pixels (`models.composite`), as evaluation does.
+
+Loading: `load(DIR)` rebuilds the flax generator from config.json (for research use: the
+variables are a plain tree); `load_serving(DIR)` runs the serialized function.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from gmsrm_jax.train import loop
+from gmsrm_jax.train import parallel
+from gmsrm_jax.train import state as state_lib
+from gmsrm_jax.train import step as step_lib
+
+FORMAT = "gmsrm_jax.export/1"
+VARIABLES = "variables"
+SERIALIZED = "inpaint.jax"
+CONFIG = "config.json"
+MANIFEST = "manifest.json"
+DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
+
+
+def _completion(components: state_lib.Components) -> Callable[..., jax.Array]:
+  def inpaint(variables, image, mask):
+    g_state = {k: v for k, v in variables.items() if k != "params"}
+    return step_lib.predict(components, variables["params"], g_state, image, mask)
+  return inpaint
+
+
+def export(config: ml_collections.ConfigDict, workdir: str, out_dir: str | None = None, *,
+           step: int | None = None, platforms: Sequence[str] = DEFAULT_PLATFORMS) -> str:
+  """Writes the export of the run's checkpoint (latest by default); returns its directory.
+
+  One process only: the state is gathered to this host and written by it.
+  """
+  if jax.process_count() > 1:
+    raise RuntimeError("Export runs in a single process (it writes the whole model from one "
+                       "host); run it without --coordinator_address.")
+  if config.get("task", "inpainting") != "inpainting":
+    raise ValueError(f"config.task={config.task!r}: export is for inpainting models; the "
+                     "generative memory has its own export (docs/MEMORY_PRETRAINING.md).")
+  workdir = os.path.abspath(workdir)
+  out_dir = os.path.abspath(out_dir or os.path.join(workdir, "export"))
+  components, state, step = loop.restore_run(config, workdir, parallel.make_mesh(), step=step)
+  variables = jax.device_get({**state.g_state,
+                              "params": step_lib.inference_params(config, state)})
+  size = config.data.crop_size
+  batch = jax.export.symbolic_shape("batch")[0]
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
+  exported = jax.export.export(jax.jit(_completion(components)), platforms=tuple(platforms))(
+      abstract, jax.ShapeDtypeStruct((batch, size, size, 3), np.float32),
+      jax.ShapeDtypeStruct((batch, size, size, 1), np.float32))
+
+  os.makedirs(out_dir, exist_ok=True)
+  variables_dir = os.path.join(out_dir, VARIABLES)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(variables_dir, variables, force=True)
+  with open(os.path.join(out_dir, SERIALIZED), "wb") as f:
+    f.write(exported.serialize())
+  with open(os.path.join(out_dir, CONFIG), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  manifest = {"format": FORMAT, "step": int(step), "image_size": size,
+              "params": "ema" if config.eval.use_ema else "online",
+              "collections": sorted(variables), "platforms": list(platforms)}
+  with open(os.path.join(out_dir, MANIFEST), "w") as f:
+    json.dump(manifest, f, indent=2)
+  return out_dir
+
+
+def _read_manifest(out_dir: str) -> dict[str, Any]:
+  path = os.path.join(out_dir, MANIFEST)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{out_dir} is not a model export (no {MANIFEST}). Create one: "
+                            "python export.py --config=<run config> --workdir=<run>")
+  with open(path) as f:
+    manifest = json.load(f)
+  if manifest.get("format") != FORMAT:
+    raise ValueError(f"{path}: format {manifest.get('format')!r}, this version reads {FORMAT}.")
+  return manifest
+
+
+def _read_variables(out_dir: str) -> Any:
+  with ocp.StandardCheckpointer() as checkpointer:
+    restored = checkpointer.restore(os.path.join(os.path.abspath(out_dir), VARIABLES))
+  return jax.tree.map(np.asarray, restored)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedModel:
+  """An export loaded with the model code: `model(image, mask)` -> completed image."""
+
+  config: ml_collections.ConfigDict
+  variables: Any  # {"params": ..., other generator collections (e.g. "memory")}
+  step: int
+  inpaint: Callable[[Any, jax.Array, jax.Array], jax.Array]  # (variables, image, mask)
+
+  def __call__(self, image, mask) -> jax.Array:
+    return self.inpaint(self.variables, image, mask)
+
+
+def load(out_dir: str) -> ExportedModel:
+  manifest = _read_manifest(out_dir)
+  with open(os.path.join(out_dir, CONFIG)) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  components = state_lib.create_components(config)
+  return ExportedModel(config=config, variables=_read_variables(out_dir),
+                       step=manifest["step"], inpaint=jax.jit(_completion(components)))
+
+
+def load_serving(out_dir: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """The serialized completion with its variables bound: `fn(image, mask)`; no model code."""
+  _read_manifest(out_dir)
+  with open(os.path.join(out_dir, SERIALIZED), "rb") as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  variables = _read_variables(out_dir)
+  return functools.partial(exported.call, variables)
