@@ -21,7 +21,9 @@ Ablations (Tables 1-3 of the paper; each row is one override of the full model):
   top1_update, top50_update    Table 1, eq. 2 injects into the top-1 / top-50% features only
   w_o_ratio, w_gt              Table 1, eq. 4 with gamma = 1 / with the ground-truth ratio
   top1_aug, top50_aug          Table 1, eq. 4 mixes the top-1 / top-50% features only
-  anchor_only, merged_sets     Table 2, single-image context via the anchors / no anchors
+  anchor_only, kmeans          Table 2, single-image context: the anchors as cluster centres /
+                               per-image k-means from the anchors
+  merged_sets                  Table 2, cross-image context without the anchors
   unet                         Table 3, the same UNet without CICM
   base_cicm                    Table 3's point on the GM-SRM base encoder-decoder + CICM
   paper_exact                  eqs. 1-4 and 8 literally (no normalization; DESIGN.md)
@@ -61,7 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   cicm.temperature = 0.1  # Normalized mode only: softmax over cosine / temperature.
   cicm.update_features = "all"  # Eq. 2: "all" | "top50" | "top1" features of the chosen set.
   cicm.augment_features = "all"  # Eq. 4: "all" | "top50" | "top1".
-  cicm.context = "cross_image"  # | "merged_sets" | "anchor_only" (Table 2).
+  cicm.context = "cross_image"  # | "merged_sets" | "anchor_only" | "kmeans" (Table 2).
+  cicm.kmeans_iterations = 10  # "kmeans" only: Lloyd iterations per image.
   cicm.ratio = "predicted"  # gamma in eq. 4: "predicted" | "one" | "ground_truth".
   cicm.eq4_as_printed = False  # True: eq. 4 exactly as printed (gamma weighs F_m).
   cicm.feature_module = ""  # "" -> the backbone's lowest-resolution feature map.
@@ -129,6 +132,7 @@ ABLATIONS = {
     "top1_aug": _set(**{"model.cicm.augment_features": "top1"}),
     "top50_aug": _set(**{"model.cicm.augment_features": "top50"}),
     "anchor_only": _set(**{"model.cicm.context": "anchor_only"}),
+    "kmeans": _set(**{"model.cicm.context": "kmeans"}),
     "merged_sets": _set(**{"model.cicm.context": "merged_sets"}),
     "unet": _without_cicm,
     "base_cicm": _base_cicm,

@@ -222,11 +222,63 @@ def test_anchor_only_variant():
     cicm.context_augmentation(state, features_in, ratio, options)
 
 
+def _reference_kmeans(features_in, complete, centers, options):
+  """Lloyd's algorithm, one region and one centre at a time."""
+  centers = np.array(centers, np.float64)
+  for _ in range(options.kmeans_iterations):
+    members = [[] for _ in centers]
+    for f, is_complete in zip(features_in.astype(np.float64), complete):
+      if is_complete:
+        members[int(np.argmax([_similarity(f, c, options) for c in centers]))].append(f)
+    centers = np.stack([np.mean(m, axis=0) if m else c for m, c in zip(members, centers)])
+  return centers
+
+
+@pytest.mark.parametrize("options", [cicm.CICMOptions(context="kmeans", kmeans_iterations=4),
+                                     cicm.CICMOptions(context="kmeans", normalized=True)])
+def test_kmeans_variant(options):
+  """Table 2 "k-means": per image, Lloyd's algorithm on its complete regions from the anchors;
+  then the anchor-only rule with the image's own centres. The anchors update as anchor-only."""
+  state = _state(options)
+  assert state.features is None
+  features_in, complete, ratio = _random_inputs(8)
+  anchor_only = cicm.CICMOptions(context="anchor_only", normalized=options.normalized)
+  np.testing.assert_array_equal(
+      cicm.context_generalization(state, features_in, complete, options).anchors,
+      cicm.context_generalization(state, features_in, complete, anchor_only).anchors)
+
+  batch, regions = 4, N // 4
+  grouped, complete = features_in.reshape(batch, regions, C), complete.reshape(batch, regions)
+  ratio = ratio.reshape(batch, regions)
+  out = cicm.single_image_augmentation(state, grouped, complete, ratio, options)
+  moved = False
+  for b in range(batch):
+    centers = _reference_kmeans(grouped[b], complete[b], state.anchors, options)
+    np.testing.assert_allclose(
+        cicm.kmeans_centers(grouped[b], complete[b], state.anchors, options), centers,
+        rtol=1e-4, atol=1e-5)
+    moved |= not np.allclose(centers, state.anchors)
+    chosen = [int(np.argmax([_similarity(f, c, options) for c in centers])) for f in grouped[b]]
+    for m in range(regions):
+      f = grouped[b, m].astype(np.float64)
+      members = [n for n in range(regions) if complete[b, n] and chosen[n] == chosen[m]]
+      if members:
+        lam = _weights([_similarity(f, grouped[b, n], options) for n in members], "all")
+        context = sum(w * grouped[b, n] for w, n in zip(lam, members))
+      else:
+        context = centers[chosen[m]]
+      np.testing.assert_allclose(out[b, m], (1 - ratio[b, m]) * f + ratio[b, m] * context,
+                                 rtol=1e-4, atol=1e-5)
+  assert moved  # The per-image clustering did something beyond the anchors.
+  with pytest.raises(ValueError, match="single_image_augmentation"):
+    cicm.context_augmentation(state, features_in, ratio.reshape(-1), options)
+
+
 def test_options_are_validated():
   with pytest.raises(ValueError, match="update"):
     cicm.CICMOptions(update="top10")
   with pytest.raises(ValueError, match="context"):
-    cicm.CICMOptions(context="kmeans")
+    cicm.CICMOptions(context="ruc")
 
 
 def _many_updates(options, steps, seed=0):

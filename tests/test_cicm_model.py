@@ -125,7 +125,7 @@ def test_training_writes_the_generalized_memory_and_inference_only_reads_it(unet
   assert not np.allclose(_apply(generator, other, image, mask, train=False)[0][0], prediction)
 
 
-@pytest.mark.parametrize("ablation", ["", "anchor_only"])
+@pytest.mark.parametrize("ablation", ["", "anchor_only", "kmeans"])
 def test_no_ground_truth_reaches_the_prediction(ablation):
   """Training mode: the memory update runs too, and still the hole content changes nothing."""
   config = _tiny(ablation)
@@ -271,7 +271,7 @@ def test_every_variant_and_ablation_builds_and_traces():
   paper = cicm_config.get_config("")
   assert paper.data.crop_size == 256 and paper.model.unet_channels[-1] == 512
   with pytest.raises(ValueError, match="ablation"):
-    cicm_config.get_config("tiny,kmeans")
+    cicm_config.get_config("tiny,ruc")
 
 
 def test_vectors_and_matrices_become_scalars_and_images_for_the_writer():

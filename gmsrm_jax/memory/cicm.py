@@ -19,6 +19,7 @@ cosines, so its terms are O(1) and eq. 9's weights apply as printed.
 """
 
 import dataclasses
+import functools
 import math
 
 import flax
@@ -27,8 +28,10 @@ import jax.numpy as jnp
 
 # Which of the K candidates take part (Table 1: "100%", "top-50%", "top-1" update / aug).
 SELECTIONS = ("all", "top50", "top1")
-# Where the context comes from (Table 2: "CICM", "merged sets", "anchor only").
-CONTEXTS = ("cross_image", "merged_sets", "anchor_only")
+# Where the context comes from (Table 2: "CICM", "merged sets", "anchor only", "k-means").
+CONTEXTS = ("cross_image", "merged_sets", "anchor_only", "kmeans")
+# The single-image variants: no feature sets; the context comes from the image's own regions.
+SINGLE_IMAGE_CONTEXTS = ("anchor_only", "kmeans")
 
 
 @flax.struct.dataclass
@@ -52,7 +55,8 @@ class CICMOptions:
   temperature: float = 0.1  # Normalized mode: softmax over cosine / temperature.
   update: str = "all"  # Eq. 2 over all / the top-50% / the top-1 features of the set.
   augment: str = "all"  # Eq. 4 over all / the top-50% / the top-1 features of the set.
-  context: str = "cross_image"  # Or "merged_sets", "anchor_only" (Table 2).
+  context: str = "cross_image"  # Or "merged_sets", "anchor_only", "kmeans" (Table 2).
+  kmeans_iterations: int = 10  # "kmeans": Lloyd iterations per image, from the anchors.
   # Eq. 4 as printed weights the regional feature by gamma; §4.2's text (twice) and the "w/o
   # ratio" ablation need the context weighted by gamma. False follows the text (DESIGN.md).
   eq4_as_printed: bool = False
@@ -73,12 +77,14 @@ def init_state(key: jax.Array, num_sets: int = 13, set_size: int = 40, channels:
                options: CICMOptions = CICMOptions()) -> CICMState:
   """Standard-normal anchors and features: the scale of instance-normalised features.
 
+  The single-image variants carry the anchors only.
+
   Not zeros: with equal features, eq. 2 gives every feature of a set the same weight forever
   (they stay identical), and with equal anchors eq. 1 sends every region to set 0.
   """
   anchor_key, feature_key = jax.random.split(key)
   anchors = jax.random.normal(anchor_key, (num_sets, channels), jnp.float32)
-  if options.context == "anchor_only":
+  if options.context in SINGLE_IMAGE_CONTEXTS:
     return CICMState(anchors=anchors, features=None, injected=None)
   features = jax.random.normal(feature_key, (num_sets, set_size, channels), jnp.float32)
   return CICMState(anchors=anchors, features=features,
@@ -151,7 +157,7 @@ def context_generalization(state: CICMState, regional_features: jax.Array,
   assignment = jax.nn.one_hot(chosen, memory.anchors.shape[0]) * weight[:, None]  # [N, L]
   beta = options.momentum
 
-  if options.context == "anchor_only":
+  if options.context in SINGLE_IMAGE_CONTEXTS:
     # No sets: eq. 3's set mean becomes the mean of the regional features the anchor received.
     counts = jnp.sum(assignment, axis=0)
     received = (assignment.T @ features_in) / jnp.maximum(counts, 1.0)[:, None]
@@ -197,11 +203,11 @@ def context_augmentation(state: CICMState, regional_features: jax.Array,
 
   The memory is a constant here; gradients reach F (through lambda and the mixing) and gamma.
   With `options.context == "merged_sets"` the anchors are not used: lambda runs over all L*K
-  features (Table 2, "merged sets"). "anchor_only" needs the images' own regions: use
-  `single_image_augmentation`.
+  features (Table 2, "merged sets"). The single-image variants ("anchor_only", "kmeans")
+  need the images' own regions: use `single_image_augmentation`.
   """
-  if options.context == "anchor_only":
-    raise ValueError("The anchor-only variant uses each image's own regions: call "
+  if options.context in SINGLE_IMAGE_CONTEXTS:
+    raise ValueError(f"The {options.context!r} variant uses each image's own regions: call "
                      "single_image_augmentation.")
   memory = jax.lax.stop_gradient(state)
   features = memory.features
@@ -216,14 +222,37 @@ def context_augmentation(state: CICMState, regional_features: jax.Array,
   return _mix(regional_features, context, corrupted_ratio, options)
 
 
+def kmeans_centers(regional_features: jax.Array, complete: jax.Array, initial: jax.Array,
+                   options: CICMOptions = CICMOptions()) -> jax.Array:
+  """Lloyd's k-means on ONE image's complete regions [M, C] from `initial` centres [L, C].
+
+  Assignment by eq. 1's similarity (dot product, or cosine in the normalized mode: spherical
+  k-means); a centre becomes the mean of its members, and a centre without members keeps its
+  value. `options.kmeans_iterations` iterations; a fixed count keeps it jittable. Returns [L, C].
+  """
+  weight = complete.astype(regional_features.dtype)
+
+  def lloyd(_, centers):
+    assignment = jax.nn.one_hot(select_sets(centers, regional_features, options),
+                                centers.shape[0], dtype=weight.dtype) * weight[:, None]
+    counts = jnp.sum(assignment, axis=0)[:, None]
+    means = (assignment.T @ regional_features) / jnp.maximum(counts, 1.0)
+    return jnp.where(counts > 0, means, centers)
+
+  return jax.lax.fori_loop(0, options.kmeans_iterations, lloyd, initial)
+
+
 def single_image_augmentation(state: CICMState, regional_features: jax.Array,
                               complete: jax.Array, corrupted_ratio: jax.Array,
                               options: CICMOptions = CICMOptions()) -> jax.Array:
-  """Table 2 "anchor only": the anchors act as cluster centres of each image's own regions.
+  """Table 2's single-image contexts: cluster centres group each image's own regions.
 
-  For region m of image b, the anchor of eq. 1 selects the complete regions of the same image
-  assigned to that anchor; their softmax-weighted sum (eq. 4's weights with F_n in place of
-  C_{l,k}) is the context. With no such region the anchor itself is the context.
+  "anchor_only": the anchors are the centres. "kmeans": per image, k-means on its complete
+  regions starting from the anchors (`kmeans_centers`). For region m of image b, the centre of
+  eq. 1 selects the complete regions of the same image assigned to that centre; their
+  softmax-weighted sum (eq. 4's weights with F_n in place of C_{l,k}) is the context. With no
+  such region the centre itself is the context. The clustering is a constant for gradients
+  (like eq. 1's argmax); the context is differentiable in the member features.
 
   Args:
     regional_features: [B, M, C] (M regions per image). complete: [B, M].
@@ -231,15 +260,20 @@ def single_image_augmentation(state: CICMState, regional_features: jax.Array,
   """
   anchors = jax.lax.stop_gradient(state.anchors)
   batch, regions, channels = regional_features.shape
-  flat = regional_features.reshape(batch * regions, channels)
-  chosen = select_sets(anchors, flat, options).reshape(batch, regions)
+  if options.context == "kmeans":
+    centers = jax.vmap(functools.partial(kmeans_centers, initial=anchors, options=options))(
+        jax.lax.stop_gradient(regional_features), complete)
+  else:
+    centers = jnp.broadcast_to(anchors, (batch, *anchors.shape))
+  chosen = jax.vmap(functools.partial(select_sets, options=options))(centers,
+                                                                     regional_features)
   logits = jax.vmap(lambda f: _similarity(f, f, options))(regional_features)  # [B, M, M]
   members = (chosen[:, :, None] == chosen[:, None, :]) & complete[:, None, :].astype(bool)
   logits = jnp.where(members, logits, -jnp.inf)
   has_members = jnp.any(members, axis=-1, keepdims=True)
   lam = jax.nn.softmax(jnp.where(has_members, logits, 0.0), axis=-1)
   context = jnp.where(has_members, jnp.einsum("bmn,bnc->bmc", lam, regional_features),
-                      anchors[chosen])
+                      jnp.take_along_axis(centers, chosen[..., None], axis=1))
   return _mix(regional_features, context, corrupted_ratio, options)
 
 

@@ -75,7 +75,7 @@ class CrossImageContextMemory(nn.Module):
     if self.is_initializing():
       initial = cicm_lib.init_state(self.make_rng("params"), self.num_sets, self.set_size,
                                     channels, self.options)
-    fields = ("anchors",) if self.options.context == "anchor_only" else (
+    fields = ("anchors",) if self.options.context in cicm_lib.SINGLE_IMAGE_CONTEXTS else (
         "anchors", "features", "injected")
     return {name: self.variable(MEMORY, name, lambda n=name: getattr(initial, n))
             for name in fields}
@@ -97,7 +97,7 @@ class CrossImageContextMemory(nn.Module):
     gamma = {"predicted": predicted, "one": jnp.ones_like(predicted),
              "ground_truth": target}[self.ratio]
 
-    if self.options.context == "anchor_only":
+    if self.options.context in cicm_lib.SINGLE_IMAGE_CONTEXTS:
       augmented = cicm_lib.single_image_augmentation(
           state, features.reshape(batch, rows * cols, channels),
           complete.reshape(batch, -1), gamma.reshape(batch, -1), self.options)
@@ -179,6 +179,7 @@ def create_memory(cicm_config) -> CrossImageContextMemory:
       momentum=cicm_config.momentum, normalized=cicm_config.normalized,
       temperature=cicm_config.temperature, update=cicm_config.update_features,
       augment=cicm_config.augment_features, context=cicm_config.context,
+      kmeans_iterations=cicm_config.kmeans_iterations,
       eq4_as_printed=cicm_config.eq4_as_printed)
   return CrossImageContextMemory(num_sets=cicm_config.num_sets,
                                  set_size=cicm_config.set_size, options=options,
