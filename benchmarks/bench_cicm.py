@@ -8,7 +8,8 @@ For each C it prints the median train-step time of UNet-CICM and of the same UNe
 (configs/unet_cicm.py and its "unet" ablation, through benchmarks/bench_train_step.py), their
 difference as CICM's share of the UNet-CICM step, and the memory alone: eqs. 1-4 and 8 on
 random regional features, forward and backward, jitted in isolation, also as a share of the
-UNet-CICM step (the steadier estimate when the difference drowns in timing noise).
+UNet-CICM step (the steadier estimate when the difference drowns in timing noise), and XLA's
+FLOP count of both train steps (noise-free).
 """
 
 import functools
@@ -69,7 +70,8 @@ def main(argv):
   del argv
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}")
   print(f"{'C':>4} {'regions':>8} {'UNet s/step':>12} {'UNet-CICM s/step':>17} "
-        f"{'CICM share':>11} {'memory alone s':>15} {'alone share':>12}")
+        f"{'CICM share':>11} {'memory alone s':>15} {'alone share':>12} "
+        f"{'UNet GFLOP':>11} {'UNet-CICM GFLOP':>16}")
   for channels in map(int, _CHANNELS.value):
     with_cicm = _config(channels)
     plain = bench_train_step.bench_config(_config(channels, "unet"))
@@ -78,7 +80,8 @@ def main(argv):
     share = (equipped["step_s"] - plain["step_s"]) / equipped["step_s"]
     regions = with_cicm.train.batch_size * (with_cicm.data.crop_size // 8) ** 2
     print(f"{channels:>4} {regions:>8} {plain['step_s']:>12.3f} {equipped['step_s']:>17.3f} "
-          f"{share:>11.1%} {alone:>15.3f} {alone / equipped['step_s']:>12.1%}")
+          f"{share:>11.1%} {alone:>15.3f} {alone / equipped['step_s']:>12.1%} "
+          f"{plain['gflop_per_step']:>11.1f} {equipped['gflop_per_step']:>16.1f}")
 
 
 if __name__ == "__main__":

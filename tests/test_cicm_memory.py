@@ -5,6 +5,8 @@ read, independently of the vectorised einsum/top-k code under test.
 """
 
 import math
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -339,3 +341,12 @@ def test_generalized_memory_is_differentiable_in_the_injected_features():
     grads = np.asarray(jax.grad(losses)(jnp.asarray(features_in)))
     assert np.all(np.abs(grads[complete]).sum(-1) > 0)
     np.testing.assert_array_equal(grads[~complete], 0.0)
+
+
+def test_memory_module_imports_without_the_training_code():
+  """The research API stands alone: no optax, orbax, models or training modules."""
+  script = ("import sys; import gmsrm_jax.memory.cicm\n"
+            "loaded = [m for m in sys.modules if m.split('.')[0] in ('optax', 'orbax') or\n"
+            "          m.startswith(('gmsrm_jax.train', 'gmsrm_jax.models'))]\n"
+            "assert not loaded, loaded\n")
+  subprocess.run([sys.executable, "-c", script], check=True)
