@@ -1,6 +1,7 @@
 """The real loop on the tiny config over 8 virtual devices: train -> checkpoint -> stop ->
 resume -> identical state to an uninterrupted run -> evaluate."""
 
+import functools
 import json
 import os
 import subprocess
@@ -12,8 +13,12 @@ import pytest
 
 from configs import base as base_config
 from gmsrm_jax import evaluation
+from gmsrm_jax import export as export_lib
+from gmsrm_jax.data import pipeline
 from gmsrm_jax.train import checkpoint
 from gmsrm_jax.train import loop
+from gmsrm_jax.train import step as step_lib
+from gmsrm_jax.train import tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,3 +98,28 @@ def test_command_line_rejects_unknown_config_keys(tiny_data_dir, tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   assert "no_such_key" in result.stderr
+
+
+def test_export_command_serves_the_ema_generator(tiny_data_dir, tmp_path, uninterrupted):
+  """export.py on the finished run (default platforms cpu, cuda, tpu): the served completion
+  is the EMA generator's composited output, as evaluation scores it."""
+  workdir, state = uninterrupted
+  out_dir = str(tmp_path / "export")
+  subprocess.run([sys.executable, "export.py", "--config=configs/base.py:tiny",
+                  f"--workdir={workdir}", f"--config.data.data_dir={tiny_data_dir}",
+                  f"--output={out_dir}"], cwd=REPO, check=True, capture_output=True,
+                 timeout=300)
+  with open(os.path.join(out_dir, "manifest.json")) as f:
+    manifest = json.load(f)
+  assert manifest["step"] == 4 and manifest["params"] == "ema"
+  assert manifest["platforms"] == ["cpu", "cuda", "tpu"]
+  config = _config(tiny_data_dir, 4)
+  batch = next(iter(pipeline.create_eval_iterator(config, mask_spec=("bin", "20-30"),
+                                                  num_images=4)))
+  components = tasks.get(config).create_components(config)
+  expected = jax.jit(functools.partial(step_lib.predict, components))(
+      state.ema_params, state.g_state, batch["image"], batch["mask"])
+  served = export_lib.load_serving(out_dir)(batch["image"], batch["mask"])
+  np.testing.assert_allclose(served, expected, atol=1e-5)
+  assert not np.allclose(served, jax.jit(functools.partial(step_lib.predict, components))(
+      state.g_params, state.g_state, batch["image"], batch["mask"]), atol=1e-5)
