@@ -259,12 +259,11 @@ def single_image_augmentation(state: CICMState, regional_features: jax.Array,
     corrupted_ratio: [B, M]. Returns [B, M, C].
   """
   anchors = jax.lax.stop_gradient(state.anchors)
-  batch, regions, channels = regional_features.shape
   if options.context == "kmeans":
     centers = jax.vmap(functools.partial(kmeans_centers, initial=anchors, options=options))(
         jax.lax.stop_gradient(regional_features), complete)
   else:
-    centers = jnp.broadcast_to(anchors, (batch, *anchors.shape))
+    centers = jnp.broadcast_to(anchors, (regional_features.shape[0], *anchors.shape))
   chosen = jax.vmap(functools.partial(select_sets, options=options))(centers,
                                                                      regional_features)
   logits = jax.vmap(lambda f: _similarity(f, f, options))(regional_features)  # [B, M, M]
