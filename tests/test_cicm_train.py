@@ -18,7 +18,6 @@ from gmsrm_jax import evaluation
 from gmsrm_jax import export as export_lib
 from gmsrm_jax import metrics as metrics_lib
 from gmsrm_jax.data import pipeline
-from gmsrm_jax.train import checkpoint
 from gmsrm_jax.train import loop
 from gmsrm_jax.train import parallel
 from gmsrm_jax.train import step as step_lib
@@ -77,12 +76,8 @@ def _logged(workdir):
 
 
 def _restore(config, workdir, step=None):
-  task = tasks.get(config)
-  components = task.create_components(config)
   mesh = parallel.make_mesh()
-  _, abstract = loop.abstract_train_state(config, task, components, mesh)
-  state, _ = checkpoint.restore(checkpoint.create_manager(workdir, read_only=True), abstract,
-                                step)
+  components, state, _ = loop.restore_run(config, workdir, mesh, step=step)
   return state, components, mesh
 
 

@@ -116,10 +116,10 @@ def test_export_command_serves_the_ema_generator(tiny_data_dir, tmp_path, uninte
   config = _config(tiny_data_dir, 4)
   batch = next(iter(pipeline.create_eval_iterator(config, mask_spec=("bin", "20-30"),
                                                   num_images=4)))
-  components = tasks.get(config).create_components(config)
-  expected = jax.jit(functools.partial(step_lib.predict, components))(
-      state.ema_params, state.g_state, batch["image"], batch["mask"])
+  predict = jax.jit(functools.partial(step_lib.predict,
+                                      tasks.get(config).create_components(config)))
+  expected = predict(state.ema_params, state.g_state, batch["image"], batch["mask"])
   served = export_lib.load_serving(out_dir)(batch["image"], batch["mask"])
   np.testing.assert_allclose(served, expected, atol=1e-5)
-  assert not np.allclose(served, jax.jit(functools.partial(step_lib.predict, components))(
-      state.g_params, state.g_state, batch["image"], batch["mask"]), atol=1e-5)
+  assert not np.allclose(served, predict(state.g_params, state.g_state, batch["image"],
+                                         batch["mask"]), atol=1e-5)

@@ -20,7 +20,6 @@ from configs import memory_places2
 from configs import memory_synthetic
 from gmsrm_jax import stylegan
 from gmsrm_jax.data import pipeline
-from gmsrm_jax.train import checkpoint
 from gmsrm_jax.train import loop
 from gmsrm_jax.train import memory_pretraining as mp
 from gmsrm_jax.train import parallel
@@ -83,10 +82,7 @@ def test_loop_on_eight_devices_matches_one_device_checkpoints_and_exports(
   _assert_trees_close(final, one_device.states[-1], rtol=1e-4, atol=1e-5)
   assert os.path.exists(os.path.join(workdir, "samples", f"step_{NUM_STEPS:08d}.png"))
 
-  manager = checkpoint.create_manager(workdir, read_only=True)
-  _, abstract = loop.abstract_train_state(config, mp.TASK, mp.create_components(config),
-                                          parallel.make_mesh())
-  restored, step = checkpoint.restore(manager, abstract)
+  _, restored, step = loop.restore_run(config, workdir, parallel.make_mesh())
   assert step == NUM_STEPS
   _assert_trees_close(restored, final, rtol=0, atol=0)
 

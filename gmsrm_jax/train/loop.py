@@ -3,7 +3,7 @@
 import functools
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 from clu import metric_writers
@@ -25,11 +25,16 @@ class NonFiniteLossError(FloatingPointError):
   """A loss term became NaN/inf; the run stops before that state can be checkpointed."""
 
 
+def init_function(config: ml_collections.ConfigDict, task: tasks.Task, components: Any
+                  ) -> Callable[[], state_lib.TrainState]:
+  """The run's initial state as a function of nothing: the same state for the same seed."""
+  return functools.partial(task.init_state, components, config, jax.random.PRNGKey(config.seed))
+
+
 def abstract_train_state(config: ml_collections.ConfigDict, task: tasks.Task, components: Any,
                          mesh) -> tuple[Any, Any]:
   """(init function, abstract state with shardings): the restore target and the init plan."""
-  init_fn = functools.partial(task.init_state, components, config,
-                              jax.random.PRNGKey(config.seed))
+  init_fn = init_function(config, task, components)
   sharding = parallel.replicated(mesh)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           jax.eval_shape(init_fn))
@@ -47,7 +52,7 @@ def restore_or_init(config, task, components, mesh, manager):
 
 def restore_run(config: ml_collections.ConfigDict, workdir: str, mesh, *,
                 step: int | None = None) -> tuple[Any, state_lib.TrainState, int]:
-  """(components, state, step) of a trained run, for evaluation and export.
+  """(components, state, step) of a trained run, for evaluation, export and reports.
 
   Raises FileNotFoundError (with the command to train) when the run has no checkpoint, and
   checkpoint.CheckpointMismatchError when it does not fit the config's model.

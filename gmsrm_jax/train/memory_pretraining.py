@@ -31,7 +31,6 @@ from gmsrm_jax.stylegan import layers
 from gmsrm_jax.stylegan import losses
 from gmsrm_jax.stylegan import memory as memory_lib
 from gmsrm_jax.stylegan import networks
-from gmsrm_jax.train import checkpoint
 from gmsrm_jax.train import parallel
 from gmsrm_jax.train import state as state_lib
 from gmsrm_jax.train import step as step_lib
@@ -397,18 +396,6 @@ def fidelity_report(components, config, initial: state_lib.TrainState,
   return report, np.concatenate([rows[0], gap, rows[1], gap, rows[2]])
 
 
-def restore_latest(config: ml_collections.ConfigDict, workdir: str, mesh):
-  """(components, init function, latest checkpointed state) of a stage-1 workdir."""
-  from gmsrm_jax.train import loop  # pylint: disable=g-import-not-at-top
-  components = create_components(config)
-  init_fn, abstract = loop.abstract_train_state(config, TASK, components, mesh)
-  restored = checkpoint.restore(checkpoint.create_manager(workdir, read_only=True), abstract)
-  if restored is None:
-    raise FileNotFoundError(f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}. Train "
-                            f"first: python train.py --config=<this config> --workdir={workdir}")
-  return components, init_fn, restored[0]
-
-
 def export_state(config: ml_collections.ConfigDict, state: state_lib.TrainState,
                  path: str) -> str:
   """Exports the EMA generator and the tracked w_avg of `state` to `path`."""
@@ -423,12 +410,13 @@ def export_and_report(config: ml_collections.ConfigDict, workdir: str,
                       ) -> dict[str, Any]:
   """The stage-1 command: export the latest checkpoint (default to <workdir>/memory), then
   write <workdir>/report.{json,png} (`fidelity_report`)."""
+  from gmsrm_jax.train import loop  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
   mesh = parallel.make_mesh()
-  components, init_fn, state = restore_latest(config, workdir, mesh)
+  components, state, _ = loop.restore_run(config, workdir, mesh)
   path = export_state(config, state, memory_dir or os.path.join(workdir, "memory"))
-  report, grid = fidelity_report(components, config, parallel.create_sharded(init_fn, mesh),
-                                 state, report_images)
+  initial = parallel.create_sharded(loop.init_function(config, TASK, components), mesh)
+  report, grid = fidelity_report(components, config, initial, state, report_images)
   report["memory_dir"] = path
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "report.json"), "w") as f:
