@@ -10,6 +10,8 @@ Variants (the part after the colon):
           on 2 idle CPU cores. Samples reach the data's colour statistics (distance of the
           per-channel mean/std to the data's: 3.24 at initialisation, 0.06 after) and its flat
           regions and textures; docs/MEMORY_PRETRAINING.md has the grids.
+  demo    the default architecture trained for 800 steps (~3-4 minutes): stage 1 of the
+          two-stage demo (python -m gmsrm_jax.pipeline, configs/gmsrm.py:demo).
   tiny    16x16, a few channels, frequent regularization; used by the tests (seconds).
 The architecture and training are those of configs/memory_places2.py, scaled down.
 """
@@ -21,7 +23,7 @@ from configs import memory_places2
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
-  if variant in (None, ""):
+  if variant in (None, "", "demo"):
     config = memory_places2.stage1_config(base.get_config("demo"))
     config.data.builder_config = "64"
     _shrink(config, crop=32, resize=36, z_dim=64, channel_base=1024, channel_max=64, batch=16)
@@ -33,6 +35,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.train.log_every = 100
     config.train.sample_every = 500
     config.train.checkpoint_every = 500
+    if variant == "demo":
+      config.train.num_steps = 800
+      config.train.sample_every = config.train.checkpoint_every = 400
   elif variant == "tiny":
     config = memory_places2.stage1_config(base.get_config("tiny"))
     _shrink(config, crop=16, resize=18, z_dim=32, channel_base=256, channel_max=32, batch=8)
@@ -49,7 +54,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 2
     config.sample.num_images = 4
   else:
-    raise ValueError(f"Unknown variant {variant!r}; use '' or 'tiny'.")
+    raise ValueError(f"Unknown variant {variant!r}; use '', 'demo' or 'tiny'.")
   config.data.name = "synthetic_scenes"
   return config
 

@@ -55,19 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.name = "unet_cicm"
   config.model.unet_channels = {"demo": (16, 32, 64, 64), "tiny": (8, 8, 16, 16)}.get(
       variant, (64, 128, 256, 512))
-  cicm = config.model.cicm = ml_collections.ConfigDict()
-  cicm.num_sets = 5 if variant == "tiny" else 13  # L (§5.1, Figure 3).
-  cicm.set_size = 8 if variant == "tiny" else 40  # K.
-  cicm.momentum = 0.5  # beta, eq. 3.
-  cicm.normalized = True  # False: paper-exact eqs. 1-4 and 8 (unbounded memory; DESIGN.md).
-  cicm.temperature = 0.1  # Normalized mode only: softmax over cosine / temperature.
-  cicm.update_features = "all"  # Eq. 2: "all" | "top50" | "top1" features of the chosen set.
-  cicm.augment_features = "all"  # Eq. 4: "all" | "top50" | "top1".
-  cicm.context = "cross_image"  # | "merged_sets" | "anchor_only" | "kmeans" (Table 2).
-  cicm.kmeans_iterations = 10  # "kmeans" only: Lloyd iterations per image.
-  cicm.ratio = "predicted"  # gamma in eq. 4: "predicted" | "one" | "ground_truth".
-  cicm.eq4_as_printed = False  # True: eq. 4 exactly as printed (gamma weighs F_m).
-  cicm.feature_module = ""  # "" -> the backbone's lowest-resolution feature map.
+  config.model.cicm = memory_config(tiny=variant == "tiny")
 
   config.disc.logit_bias = False  # Cancels in eq. 6 (see models/discriminator.py).
 
@@ -77,9 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del config.loss.gamma
   config.loss.inpaint_weight = 1.0
   config.loss.adv_weight = 0.1
-  config.loss.ratio_weight = 1.0
-  config.loss.inter_weight = 20.0
-  config.loss.intra_weight = -0.5  # Eq. 9 subtracts λ5·L_intra.
+  set_memory_loss_weights(config.loss)
 
   # The memory is built from the online weights' features, so evaluate those weights (the paper
   # has no EMA); the EMA is still kept in the state.
@@ -93,6 +79,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       raise ValueError(f"Unknown ablation {ablation!r}; known: {sorted(ABLATIONS)}.")
     ABLATIONS[ablation](config)
   return config
+
+
+def memory_config(tiny: bool = False) -> ml_collections.ConfigDict:
+  """`config.model.cicm`: the paper's memory (§5), or a small one for the tests."""
+  cicm = ml_collections.ConfigDict()
+  cicm.num_sets = 5 if tiny else 13  # L (§5.1, Figure 3).
+  cicm.set_size = 8 if tiny else 40  # K.
+  cicm.momentum = 0.5  # beta, eq. 3.
+  cicm.normalized = True  # False: paper-exact eqs. 1-4 and 8 (unbounded memory; DESIGN.md).
+  cicm.temperature = 0.1  # Normalized mode only: softmax over cosine / temperature.
+  cicm.update_features = "all"  # Eq. 2: "all" | "top50" | "top1" features of the chosen set.
+  cicm.augment_features = "all"  # Eq. 4: "all" | "top50" | "top1".
+  cicm.context = "cross_image"  # | "merged_sets" | "anchor_only" | "kmeans" (Table 2).
+  cicm.kmeans_iterations = 10  # "kmeans" only: Lloyd iterations per image.
+  cicm.ratio = "predicted"  # gamma in eq. 4: "predicted" | "one" | "ground_truth".
+  cicm.eq4_as_printed = False  # True: eq. 4 exactly as printed (gamma weighs F_m).
+  cicm.feature_module = ""  # "" -> the backbone's lowest-resolution feature map.
+  return cicm
+
+
+def set_memory_loss_weights(loss: ml_collections.ConfigDict) -> None:
+  """λ3, λ4, λ5 of CICM eq. 9: ratio (eq. 7), inter and intra (eq. 8); eq. 9 subtracts
+  λ5·L_intra, so intra_weight = -λ5."""
+  loss.ratio_weight = 1.0
+  loss.inter_weight = 20.0
+  loss.intra_weight = -0.5
 
 
 def _set(**fields):

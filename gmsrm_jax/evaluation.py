@@ -150,10 +150,9 @@ def _to_unit(images):
   return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
 
 
-def batch_metrics(components, lpips_net, fid_size, params, g_state, lpips_params, fid_params,
-                  batch):
+def batch_metrics(components, lpips_net, fid_size, variables, lpips_params, fid_params, batch):
   """Composited output, per-metric sums over real rows, their count, output FID features."""
-  output = step_lib.predict(components, params, g_state, batch["image"], batch["mask"])
+  output = step_lib.predict(components, variables, batch["image"], batch["mask"])
   values = metrics_lib.compute_all(_to_unit(output), _to_unit(batch["image"]))
   if lpips_params is not None:
     # LPIPS takes [-1, 1] images; the output is clipped to that range like the metrics' inputs.
@@ -181,7 +180,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
   settings = mask_settings(config.eval)  # Unknown table names fail before any work.
   networks = load_feature_networks(config.eval, mesh)
   components, state, step = loop.restore_run(config, workdir, mesh, step=step)
-  params = step_lib.inference_params(config, state)
+  variables = step_lib.inference_variables(config, state)
   replicated = parallel.replicated(mesh)
   evaluate_batch = jax.jit(
       functools.partial(batch_metrics, components, config.eval.lpips_net,
@@ -207,7 +206,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
                                                      num_images=config.eval.num_images):
       batch = parallel.global_batch(local_batch, mesh)
       output, batch_sums, batch_count, features, weight = evaluate_batch(
-          params, state.g_state, networks.lpips_params, networks.fid_params, batch)
+          variables, networks.lpips_params, networks.fid_params, batch)
       batch_sums = jax.device_get(batch_sums)
       sums = batch_sums if sums is None else {k: sums[k] + batch_sums[k] for k in sums}
       count += float(batch_count)

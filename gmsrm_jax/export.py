@@ -4,7 +4,8 @@
 
 writes (default DIR = RUN/export):
   variables/     orbax arrays {"params": the generator weights evaluation uses (EMA or online,
-                 `eval.use_ema`), plus every other generator collection, e.g. CICM's "memory"}
+                 `eval.use_ema`) with the frozen ones merged in (GM-SRM's generative memory),
+                 plus every other generator collection, e.g. CICM's "memory"}
   inpaint.jax    the completion function `(variables, image, mask) -> completed image`,
                  serialized with `jax.export` (StableHLO) for any batch size and the platforms
                  of `--platforms`; calling it needs jax alone, not this package's model code
@@ -43,8 +44,7 @@ DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 
 def _completion(components: state_lib.Components) -> Callable[..., jax.Array]:
   def inpaint(variables, image, mask):
-    g_state = {k: v for k, v in variables.items() if k != "params"}
-    return step_lib.predict(components, variables["params"], g_state, image, mask)
+    return step_lib.predict(components, variables, image, mask)
   return inpaint
 
 
@@ -63,8 +63,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, out_dir: str | None 
   workdir = os.path.abspath(workdir)
   out_dir = os.path.abspath(out_dir or os.path.join(workdir, "export"))
   components, state, step = loop.restore_run(config, workdir, parallel.make_mesh(), step=step)
-  variables = jax.device_get({**state.g_state,
-                              "params": step_lib.inference_params(config, state)})
+  variables = jax.device_get(step_lib.inference_variables(config, state))
   size = config.data.crop_size
   batch = jax.export.symbolic_shape("batch")[0]
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)

@@ -5,20 +5,25 @@ reported by the generator) into named loss terms and one weighted total, and giv
 discriminator's loss. `config.loss.objective` picks one.
 """
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from gmsrm_jax import losses
+from gmsrm_jax import weights as weights_lib
+
+VGG19 = "vgg19"
 
 
 class Objective(Protocol):
 
   def generator_terms(self, *, image: jax.Array, mask: jax.Array, prediction: jax.Array,
-                      real_logits: jax.Array, fake_logits: jax.Array) -> dict[str, jax.Array]:
-    """Unweighted loss terms of G. `real_logits` are D on the ground truth (no G gradient)."""
+                      real_logits: jax.Array, fake_logits: jax.Array,
+                      loss_networks: dict[str, Any]) -> dict[str, jax.Array]:
+    """Unweighted loss terms of G. `real_logits` are D on the ground truth (no G gradient);
+    `loss_networks` are the frozen networks `loss_networks(config)` loaded."""
 
   def generator_total(self, terms: dict[str, jax.Array],
                       loss_config: ml_collections.ConfigDict) -> jax.Array:
@@ -48,22 +53,52 @@ def weighted_auxiliary(terms: dict[str, jax.Array], known: tuple[str, ...],
 
 
 class GMSRMObjective:
-  """GM-SRM eq. 14 without the perceptual term: λ1·L_rec (eq. 10) + λ3·L_adv (eq. 12)."""
+  """GM-SRM eq. 14: λ1·L_rec (eq. 10) + λ2·L_perc (eq. 11) + λ3·L_adv (eq. 12) + the terms
+  the generator reports (λ4·L_KL, eq. 9, as `kl_weight`).
 
-  _OWN = ("rec_known", "rec_hole", "adv_g")
+  The perceptual term is computed when config.loss.perceptual_weight > 0, with the VGG-19
+  weights `loss_networks` loads from config.loss.vgg19_weights.
+  """
 
-  def generator_terms(self, *, image, mask, prediction, real_logits, fake_logits):
+  _OWN = ("rec_known", "rec_hole", "adv_g", "perceptual")
+
+  def generator_terms(self, *, image, mask, prediction, real_logits, fake_logits,
+                      loss_networks):
     del real_logits  # Eq. 12 only looks at the fake.
-    return {**losses.reconstruction_losses(prediction, image, mask),
-            "adv_g": losses.generator_adversarial_loss(fake_logits)}
+    terms = {**losses.reconstruction_losses(prediction, image, mask),
+             "adv_g": losses.generator_adversarial_loss(fake_logits)}
+    if VGG19 in loss_networks:
+      terms["perceptual"] = losses.perceptual_loss(loss_networks[VGG19], prediction, image)
+    return terms
 
   def generator_total(self, terms, loss_config):
-    return (loss_config.rec_weight * losses.reconstruction_loss(terms, loss_config.gamma)
-            + loss_config.adv_weight * terms["adv_g"]
-            + weighted_auxiliary(terms, self._OWN, loss_config))
+    total = (loss_config.rec_weight * losses.reconstruction_loss(terms, loss_config.gamma)
+             + loss_config.adv_weight * terms["adv_g"]
+             + weighted_auxiliary(terms, self._OWN, loss_config))
+    if "perceptual" in terms:
+      total += loss_config.perceptual_weight * terms["perceptual"]
+    return total
 
   def discriminator_loss(self, real_logits, fake_logits):
     return losses.discriminator_hinge_loss(real_logits, fake_logits)
+
+
+def loss_networks(loss_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The frozen networks the objective needs, as host arrays (the loop places them).
+
+  VGG-19 when config.loss.perceptual_weight > 0. Never random weights: a missing or wrong
+  file is a weights.WeightsError naming it and the convert command, raised at start-up.
+  """
+  if not loss_config.get("perceptual_weight", 0.0):
+    return {}
+  path = loss_config.get("vgg19_weights", "")
+  if not path:
+    raise weights_lib.WeightsError(
+        f"config.loss.perceptual_weight = {loss_config.perceptual_weight} needs VGG-19 "
+        "weights (eq. 11): set --config.loss.vgg19_weights to a file made by "
+        f"`{weights_lib.convert_command(VGG19)}` ({weights_lib.DOCS}), or set "
+        "--config.loss.perceptual_weight=0 to train without the perceptual term.")
+  return {VGG19: weights_lib.load(VGG19, path)}
 
 
 def relativistic_logits(x_logits: jax.Array, y_logits: jax.Array) -> jax.Array:
@@ -98,8 +133,9 @@ class CICMObjective:
 
   _OWN = ("inpaint", "adv_g")
 
-  def generator_terms(self, *, image, mask, prediction, real_logits, fake_logits):
-    del mask  # Eq. 5 compares the whole image.
+  def generator_terms(self, *, image, mask, prediction, real_logits, fake_logits,
+                      loss_networks):
+    del mask, loss_networks  # Eq. 5 compares the whole image; CICM has no frozen loss nets.
     return {"inpaint": jnp.mean(jnp.square(prediction - image)),
             "adv_g": relativistic_generator_loss(real_logits, fake_logits)}
 

@@ -234,7 +234,7 @@ def test_cicm_objective_weights_eq_9():
   prediction = jnp.zeros_like(image)
   terms = objective.generator_terms(image=image, mask=mask, prediction=prediction,
                                     real_logits=jnp.ones((2, 4, 4)),
-                                    fake_logits=jnp.zeros((2, 4, 4)))
+                                    fake_logits=jnp.zeros((2, 4, 4)), loss_networks={})
   np.testing.assert_allclose(terms["inpaint"], np.mean(np.square(np.asarray(image))),
                              rtol=1e-6)
   terms.update(ratio=jnp.array(2.0), inter=jnp.array(3.0), intra=jnp.array(5.0))
@@ -258,7 +258,8 @@ def test_every_variant_and_ablation_builds_and_traces():
                                                mutable=["memory", "diagnostics"])
       return prediction, objective.generator_total(
           {**objective.generator_terms(image=image, mask=mask, prediction=prediction,
-                                       real_logits=jnp.zeros(3), fake_logits=jnp.zeros(3)),
+                                       real_logits=jnp.zeros(3), fake_logits=jnp.zeros(3),
+                                       loss_networks={}),
            **terms}, config.loss)
 
     prediction, loss = jax.eval_shape(total, image, mask)

@@ -147,7 +147,8 @@ def test_memory_is_checkpointed_restored_and_read_by_evaluation(trained, initial
   predict = jax.jit(functools.partial(step_lib.predict, components))
   to_unit = lambda x: (np.clip(np.asarray(x), -1, 1) + 1) / 2
   psnr = {name: float(np.mean(metrics_lib.psnr(
-      to_unit(predict(restored.g_params, g_state, batch["image"], batch["mask"])),
+      to_unit(predict({"params": restored.g_params, **g_state}, batch["image"],
+                      batch["mask"])),
       to_unit(batch["image"])))) for name, g_state in (("restored", restored.g_state),
                                                       ("initial", initial.g_state))}
   assert psnr["restored"] != psnr["initial"]
@@ -194,7 +195,7 @@ def test_export_carries_the_memory_and_serves_any_batch_size(trained, tmp_path):
                                                   num_images=8)))
   for size in (3, 8):  # The serialized function's batch dimension is symbolic.
     image, mask = batch["image"][:size], batch["mask"][:size]
-    expected = predict(step_lib.inference_params(config, state), state.g_state, image, mask)
+    expected = predict(step_lib.inference_variables(config, state), image, mask)
     np.testing.assert_allclose(model(image, mask), expected, atol=1e-5)
     np.testing.assert_allclose(serve(image, mask), expected, atol=1e-5)
 

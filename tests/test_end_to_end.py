@@ -118,8 +118,9 @@ def test_export_command_serves_the_ema_generator(tiny_data_dir, tmp_path, uninte
                                                   num_images=4)))
   predict = jax.jit(functools.partial(step_lib.predict,
                                       tasks.get(config).create_components(config)))
-  expected = predict(state.ema_params, state.g_state, batch["image"], batch["mask"])
+  expected = predict({"params": state.ema_params, **state.g_state}, batch["image"],
+                     batch["mask"])
   served = export_lib.load_serving(out_dir)(batch["image"], batch["mask"])
   np.testing.assert_allclose(served, expected, atol=1e-5)
-  assert not np.allclose(served, predict(state.g_params, state.g_state, batch["image"],
-                                         batch["mask"]), atol=1e-5)
+  assert not np.allclose(served, predict({"params": state.g_params, **state.g_state},
+                                         batch["image"], batch["mask"]), atol=1e-5)

@@ -1,38 +1,61 @@
-"""Model registry: configs name a generator and a discriminator, this builds them."""
+"""Model registry: configs name a generator and a discriminator, this builds them.
 
+`model.name` is a backbone from `_BACKBONES`, optionally with the suffix "_cicm" (the backbone
+equipped with CICM, `cicm_module.WithCICM`). Frozen parameters (GM-SRM's pre-trained
+generative memory) are part of a generator's parameter tree; `split_frozen` separates them so
+they live in `TrainState.frozen`, outside the optimizer, and `merge_frozen` puts them back for
+`apply`.
+"""
+
+from typing import Any, Callable
+
+import flax
 import ml_collections
 
 from gmsrm_jax.models import cicm_module
+from gmsrm_jax.models import gmsrm
 from gmsrm_jax.models import unet_cicm
 from gmsrm_jax.models.base import BaseInpaintingNet, composite, masked_input
 from gmsrm_jax.models.cicm_module import WithCICM
 from gmsrm_jax.models.discriminator import PatchDiscriminator
+from gmsrm_jax.models.gmsrm import GMSRMNet
 from gmsrm_jax.models.unet_cicm import UNet
 
-_CICM_SUFFIX = "_cicm"  # "<backbone>_cicm": the backbone equipped with CICM (cicm_module).
+_CICM_SUFFIX = "_cicm"
 
 
-def _backbone(name: str, model_config: ml_collections.ConfigDict):
-  """(module, path of its lowest-resolution feature map) for a backbone name."""
-  if name == "base":
-    widths = tuple(model_config.encoder_channels)
-    return (BaseInpaintingNet(encoder_channels=widths, stem_channels=model_config.stem_channels,
-                              ca_reduction=model_config.ca_reduction),
-            f"encoder/block_{len(widths) - 1}")
-  if name == "unet":
-    return UNet(channels=tuple(model_config.unet_channels)), unet_cicm.FEATURE_MODULE
-  raise ValueError(f"Unknown model.name {model_config.name!r}; known: 'base', 'unet', "
-                   "'base_cicm', 'unet_cicm'.")
+def _base(model_config):
+  return BaseInpaintingNet(encoder_channels=tuple(model_config.encoder_channels),
+                           stem_channels=model_config.stem_channels,
+                           ca_reduction=model_config.ca_reduction)
+
+
+def _bottleneck_of_encoder(model_config) -> str:
+  return f"encoder/block_{len(model_config.encoder_channels) - 1}"
+
+
+# name -> (builder, path of its lowest-resolution feature map: where CICM plugs in).
+_BACKBONES: dict[str, tuple[Callable, Callable]] = {
+    "base": (_base, _bottleneck_of_encoder),
+    "unet": (lambda c: UNet(channels=tuple(c.unet_channels)),
+             lambda c: unet_cicm.FEATURE_MODULE),
+    "gmsrm": (gmsrm.create, _bottleneck_of_encoder),
+}
 
 
 def create_generator(model_config: ml_collections.ConfigDict):
   name = model_config.name
   with_cicm = name.endswith(_CICM_SUFFIX)
-  backbone, feature_module = _backbone(name.removesuffix(_CICM_SUFFIX), model_config)
+  backbone_name = name.removesuffix(_CICM_SUFFIX)
+  if backbone_name not in _BACKBONES:
+    known = sorted([*_BACKBONES, *(f"{b}{_CICM_SUFFIX}" for b in _BACKBONES)])
+    raise ValueError(f"Unknown model.name {name!r}; known: {known}.")
+  build, feature_module = _BACKBONES[backbone_name]
+  backbone = build(model_config)
   if not with_cicm:
     return backbone
   return WithCICM(backbone=backbone,
-                  feature_module=model_config.cicm.feature_module or feature_module,
+                  feature_module=model_config.cicm.feature_module or feature_module(model_config),
                   cicm=cicm_module.create_memory(model_config.cicm))
 
 
@@ -41,5 +64,34 @@ def create_discriminator(disc_config: ml_collections.ConfigDict):
                             logit_bias=disc_config.get("logit_bias", True))
 
 
-__all__ = ["BaseInpaintingNet", "PatchDiscriminator", "UNet", "WithCICM", "composite",
-           "create_discriminator", "create_generator", "masked_input"]
+def split_frozen(params: Any) -> tuple[Any, Any]:
+  """Generator params -> (trainable, frozen); frozen is {} for models without frozen parts."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+  trainable = {k: v for k, v in flat.items() if not gmsrm.is_frozen_param(k)}
+  frozen = {k: v for k, v in flat.items() if gmsrm.is_frozen_param(k)}
+  return (flax.traverse_util.unflatten_dict(trainable),
+          flax.traverse_util.unflatten_dict(frozen))
+
+
+def merge_frozen(trainable: Any, frozen: Any) -> Any:
+  """Inverse of `split_frozen`: the full parameter tree `apply` needs."""
+  if not frozen:
+    return trainable
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(trainable))
+  flat.update(flax.traverse_util.flatten_dict(flax.core.unfreeze(frozen)))
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def load_frozen(model_config: ml_collections.ConfigDict, abstract_frozen: Any, sharding) -> Any:
+  """The pre-trained frozen parameters a fresh run starts from (file I/O, outside jit).
+
+  Models without frozen parts return {}; GM-SRM loads the stage-1 memory its config names.
+  """
+  if not flax.traverse_util.flatten_dict(abstract_frozen):
+    return {}
+  return gmsrm.load_frozen(model_config, abstract_frozen, sharding)
+
+
+__all__ = ["BaseInpaintingNet", "GMSRMNet", "PatchDiscriminator", "UNet", "WithCICM",
+           "composite", "create_discriminator", "create_generator", "load_frozen",
+           "masked_input", "merge_frozen", "split_frozen"]

@@ -46,30 +46,42 @@ class Decoder(nn.Module):
   """Upsamples the bottleneck back to full resolution (eq. 6).
 
   `extra` optionally maps a pyramid level to more features to concatenate before that level's
-  upsampling block (the generative-memory term F_M of eq. 6 plugs in here).
+  upsampling block. A model whose extra features depend on the decoder's own outputs (GM-SRM's
+  progressive reasoning, eq. 7) runs the blocks one at a time with `level` and `inputs`.
   """
 
   encoder_channels: Sequence[int]
   stem_channels: int
   ca_reduction: int = 16
 
-  @nn.compact
+  def setup(self):
+    widths = (self.stem_channels, *self.encoder_channels)
+    self.blocks = [layers.DecoderBlock(widths[level], ca_reduction=self.ca_reduction,
+                                       name=f"block_{level}")
+                   for level in range(len(self.encoder_channels))]
+
   def __call__(self, features: Sequence[jax.Array],
                extra: dict[int, jax.Array] | None = None) -> jax.Array:
     extra = extra or {}
     num_levels = len(self.encoder_channels)
-    widths = (self.stem_channels, *self.encoder_channels)
     decoded = features[num_levels]
     for level in reversed(range(num_levels)):
-      source = level + 1  # Resolution level the block reads from.
-      inputs = [decoded]
-      if source != num_levels:  # The bottleneck is `decoded` itself: no duplicate skip.
-        inputs.append(features[source])
-      if source in extra:
-        inputs.append(extra[source])
-      decoded = layers.DecoderBlock(widths[level], ca_reduction=self.ca_reduction,
-                                    name=f"block_{level}")(inputs)
+      inputs = self.inputs(features, level, decoded)
+      if level + 1 in extra:
+        inputs.append(extra[level + 1])
+      decoded = self.level(level, inputs)
     return jnp.concatenate([decoded, features[0]], axis=-1)
+
+  def inputs(self, features: Sequence[jax.Array], level: int, decoded: jax.Array
+             ) -> list[jax.Array]:
+    """[F_D, F_E] read by the block that upsamples to `level` (from level + 1)."""
+    source = level + 1
+    # The bottleneck is `decoded` itself: no duplicate skip.
+    return [decoded] if source == len(self.encoder_channels) else [decoded, features[source]]
+
+  def level(self, level: int, inputs: Sequence[jax.Array]) -> jax.Array:
+    """The block from resolution level `level + 1` to `level` on the concatenated `inputs`."""
+    return self.blocks[level](inputs)
 
 
 class BaseInpaintingNet(nn.Module):
@@ -87,5 +99,5 @@ class BaseInpaintingNet(nn.Module):
                        name="encoder")(masked_input(image, mask))
     decoded = Decoder(self.encoder_channels, self.stem_channels, self.ca_reduction,
                       name="decoder")(features)
-    prediction = jnp.tanh(nn.Conv(3, (3, 3), padding="SAME", name="out_conv")(decoded))
+    prediction = jnp.tanh(layers.Conv(3, (3, 3), padding="SAME", name="out_conv")(decoded))
     return prediction, {}

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gmsrm_jax.models import layers
 from gmsrm_jax.memory import cicm as cicm_lib
 from gmsrm_jax.models.base import masked_input
 
@@ -93,7 +94,7 @@ class CrossImageContextMemory(nn.Module):
 
     complete = complete_regions(mask, grid)
     target = corrupted_ratio_target(image, mask, grid)
-    predicted = nn.sigmoid(nn.Conv(1, (1, 1), name="ratio_head")(features))[..., 0]
+    predicted = nn.sigmoid(layers.Conv(1, (1, 1), name="ratio_head")(features))[..., 0]
     gamma = {"predicted": predicted, "one": jnp.ones_like(predicted),
              "ground_truth": target}[self.ratio]
 

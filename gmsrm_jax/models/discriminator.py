@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gmsrm_jax.models import layers
+
 
 class PatchDiscriminator(nn.Module):
   channels: Sequence[int]
@@ -23,8 +25,8 @@ class PatchDiscriminator(nn.Module):
   def __call__(self, image: jax.Array, mask: jax.Array, *, update_stats: bool) -> jax.Array:
     x = jnp.concatenate([image, mask], axis=-1)
     for i, features in enumerate(self.channels):
-      conv = nn.Conv(features, (4, 4), strides=2, padding="SAME", name=f"conv_{i}")
+      conv = layers.Conv(features, (4, 4), strides=2, padding="SAME", name=f"conv_{i}")
       x = nn.leaky_relu(nn.SpectralNorm(conv, name=f"sn_{i}")(x, update_stats=update_stats),
                         0.2)
-    head = nn.Conv(1, (3, 3), padding="SAME", use_bias=self.logit_bias, name="logits")
+    head = layers.Conv(1, (3, 3), padding="SAME", use_bias=self.logit_bias, name="logits")
     return nn.SpectralNorm(head, name="sn_logits")(x, update_stats=update_stats)[..., 0]

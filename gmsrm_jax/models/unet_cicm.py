@@ -36,7 +36,7 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     # No bias: instance norm removes it (see layers.ConvNormReLU).
-    x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv")(x)
+    x = layers.Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv")(x)
     return nn.InstanceNorm(name="norm")(x)
 
 
@@ -60,6 +60,6 @@ class UNet(nn.Module):
       x = jnp.concatenate([layers.upsample_bilinear(x), skips[level]], axis=-1)
       x = layers.ConvNormReLU(self.channels[level], name=f"up_{level}")(x)
       x = layers.ConvNormReLU(self.channels[level], name=f"dec_{level}")(x)
-    prediction = jnp.tanh(nn.Conv(3, (3, 3), padding="SAME", name="out_conv")(x))
+    prediction = jnp.tanh(layers.Conv(3, (3, 3), padding="SAME", name="out_conv")(x))
     return prediction, {}
 

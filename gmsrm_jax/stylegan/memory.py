@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
+from gmsrm_jax import mesh as mesh_lib
+from gmsrm_jax import tree_match
 from gmsrm_jax.stylegan import networks
-from gmsrm_jax.train import checkpoint
-from gmsrm_jax.train import parallel
 
 FORMAT_VERSION = 1
 _ARRAYS = "arrays"
@@ -29,7 +29,7 @@ _INFO = "memory.json"
 ADAPTER_NAME = "encoder_fusion"
 
 
-class MemoryMismatchError(checkpoint.CheckpointMismatchError):
+class MemoryMismatchError(tree_match.CheckpointMismatchError):
   """The exported memory does not have the architecture it is loaded as."""
 
 
@@ -133,13 +133,13 @@ def load_memory(path: str, model_config: ml_collections.ConfigDict | None = None
     model_config = ml_collections.ConfigDict(info["model"])
   else:
     _check_architecture(info["model"], _architecture(model_config), path)
-  sharding = sharding or parallel.replicated(parallel.make_mesh())
+  sharding = sharding or mesh_lib.replicated(mesh_lib.make_mesh())
   abstract = abstract_memory(model_config, sharding)
   checkpointer = ocp.StandardCheckpointer()
   arrays = os.path.join(path, _ARRAYS)
   try:
-    checkpoint.check_compatible(checkpointer.metadata(arrays).item_metadata, abstract)
-  except checkpoint.CheckpointMismatchError as e:
+    tree_match.check_compatible(checkpointer.metadata(arrays).item_metadata, abstract)
+  except tree_match.CheckpointMismatchError as e:
     raise MemoryMismatchError(f"The generative memory at {path}: {e}") from None
   restored = checkpointer.restore(arrays, abstract)
   return FrozenMemory(params=restored["params"], w_avg=restored["w_avg"],

@@ -36,22 +36,27 @@ def block_resolutions(start_resolution: int, resolution: int) -> tuple[int, ...]
   return tuple(2**i for i in range(int(log_start), int(log_end) + 1))
 
 
-def noise_shapes(resolutions: Sequence[int], batch_size: int) -> list[list[tuple[int, ...]]]:
-  """Per memory block, the shape of each of its layers' noise inputs (one channel).
+def noise_shapes(resolutions: Sequence[int], batch_size: int,
+                 channels: Sequence[int] | None = None) -> list[list[tuple[int, ...]]]:
+  """Per memory block, the shape of each of its layers' noise inputs.
 
   The first block has one synthesis layer, every later block two (upsampling conv + conv).
+  Noise has one channel (StyleGAN's, broadcast over the features) unless `channels` gives
+  each block's width (per-channel noise, GM-SRM's conditional stochastic variation).
   """
-  return [[(batch_size, r, r, 1)] * (1 if i == 0 else 2) for i, r in enumerate(resolutions)]
+  widths = channels or [1] * len(resolutions)
+  return [[(batch_size, r, r, c)] * (1 if i == 0 else 2)
+          for i, (r, c) in enumerate(zip(resolutions, widths))]
 
 
-def sample_noise(key: jax.Array, resolutions: Sequence[int], batch_size: int
-                 ) -> list[list[jax.Array]]:
+def sample_noise(key: jax.Array, resolutions: Sequence[int], batch_size: int,
+                 channels: Sequence[int] | None = None) -> list[list[jax.Array]]:
   """Standard-normal noise for every layer: StyleGAN's unconditional stochastic variation.
 
   One draw for the whole network, then split: each random draw is a separate threefry kernel
   for XLA to compile (seconds on CPU for a dozen), while the values are as independent.
   """
-  shapes = noise_shapes(resolutions, batch_size)
+  shapes = noise_shapes(resolutions, batch_size, channels)
   sizes = [math.prod(shape) for block in shapes for shape in block]
   flat = iter(jnp.split(jax.random.normal(key, (sum(sizes),)), np.cumsum(sizes)[:-1]))
   return [[next(flat).reshape(shape) for shape in block] for block in shapes]

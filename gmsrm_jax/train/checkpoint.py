@@ -8,12 +8,10 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from gmsrm_jax.tree_match import CheckpointMismatchError, check_compatible  # noqa: F401
+
 STATE = "state"
 CONFIG = "config"
-
-
-class CheckpointMismatchError(ValueError):
-  """The checkpoint on disk does not fit the model the config builds."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -41,32 +39,6 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
   return manager.save(step, args=ocp.args.Composite(**{
       STATE: ocp.args.StandardSave(state),
       CONFIG: ocp.args.JsonSave(config.to_dict())}), force=force)
-
-
-def _paths(tree: Any) -> dict[str, Any]:
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf for path, leaf in flat}
-
-
-def check_compatible(metadata_tree: Any, abstract_state: Any) -> None:
-  """Raises naming the first leaves that differ; orbax alone could load part of a tree."""
-  stored = _paths(metadata_tree)
-  wanted = _paths(abstract_state)
-  problems = []
-  for name in sorted(set(wanted) - set(stored)):
-    problems.append(f"missing in checkpoint: {name}")
-  for name in sorted(set(stored) - set(wanted)):
-    problems.append(f"not in the model: {name}")
-  for name in sorted(set(stored) & set(wanted)):
-    s_shape, w_shape = tuple(stored[name].shape), tuple(wanted[name].shape)
-    if s_shape != w_shape:
-      problems.append(f"{name}: checkpoint shape {s_shape} != model shape {w_shape}")
-  if problems:
-    shown = "\n  ".join(problems[:20])
-    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-    raise CheckpointMismatchError(
-        "The checkpoint does not match the model built from this config (was it written with "
-        f"a different model/config?):\n  {shown}{more}")
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None

@@ -42,12 +42,25 @@ def abstract_train_state(config: ml_collections.ConfigDict, task: tasks.Task, co
 
 
 def restore_or_init(config, task, components, mesh, manager):
+  """maxtext's load order: resume from the workdir's checkpoint if any; else initialise from
+  the seed with the pre-trained frozen parts the config names (loaded first, so a missing
+  file fails before any compile; placed after init, so no weight is a compiled constant)."""
   init_fn, abstract = abstract_train_state(config, task, components, mesh)
   restored = checkpoint.restore(manager, abstract)
   if restored is not None:
     return restored[0]
+  frozen = task.load_frozen(config, abstract.frozen, parallel.replicated(mesh))
   logging.info("No checkpoint in %s: initialising from seed %d.", manager.directory, config.seed)
-  return parallel.create_sharded(init_fn, mesh)
+  state = parallel.create_sharded(init_fn, mesh)
+  if jax.tree.leaves(frozen):
+    state = state.replace(frozen=frozen)
+  return state
+
+
+def load_loss_networks(config: ml_collections.ConfigDict, task: tasks.Task, mesh
+                       ) -> dict[str, Any]:
+  """The task's frozen loss networks, replicated on the mesh (jit arguments of every step)."""
+  return jax.device_put(task.loss_networks(config), parallel.replicated(mesh))
 
 
 def restore_run(config: ml_collections.ConfigDict, workdir: str, mesh, *,
@@ -106,6 +119,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   parallel.check_batch_size(config.train.batch_size, mesh)
   task = tasks.get(config)
   components = task.create_components(config)
+  loss_networks = load_loss_networks(config, task, mesh)  # Fails fast on a missing file.
   manager = checkpoint.create_manager(workdir, max_to_keep=config.train.max_to_keep)
   state = restore_or_init(config, task, components, mesh, manager)
   start_step = int(state.step)
@@ -117,7 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 
   replicated = parallel.replicated(mesh)
   train_step = jax.jit(functools.partial(task.train_step, components, config),
-                       in_shardings=(replicated, parallel.batch_sharded(mesh)),
+                       in_shardings=(replicated, parallel.batch_sharded(mesh), replicated),
                        out_shardings=(replicated, replicated), donate_argnums=0)
   sample = task.make_sampler(components, config, mesh)
 
@@ -133,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   for step in range(start_step, num_steps):
     batch = parallel.global_batch(next(train_iter), mesh)
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, batch, loss_networks)
     if previous is not None:
       check_finite(jax.device_get(previous[1]), previous[0])
     previous = (step + 1, metrics)

@@ -261,8 +261,10 @@ def ema_beta(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
 
 
 def train_step(components: state_lib.Components, config: ml_collections.ConfigDict,
-               state: state_lib.TrainState, batch: dict[str, jax.Array]
+               state: state_lib.TrainState, batch: dict[str, jax.Array],
+               loss_networks: dict[str, Any] | None = None
                ) -> tuple[state_lib.TrainState, Metrics]:
+  del loss_networks  # StyleGAN2's losses use no frozen network.
   real = batch["image"]
   keys = jax.random.split(jax.random.fold_in(state.rng, state.step), 4)
   bind = lambda phase: functools.partial(phase, components, config)

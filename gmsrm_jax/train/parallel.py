@@ -1,13 +1,13 @@
 """Mesh, shardings, multi-process start-up and global batches (jit + NamedSharding, no pmap)."""
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from absl import logging
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 import numpy as np
 
-DATA_AXIS = "data"
+from gmsrm_jax.mesh import DATA_AXIS, batch_sharded, make_mesh, replicated  # noqa: F401
 
 
 def maybe_initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
@@ -30,19 +30,6 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
                                  num_processes=num_processes, process_id=process_id)
     logging.info("Joined distributed job: process %d of %d", jax.process_index(),
                  jax.process_count())
-
-
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh over every device of every process (default): pure data parallelism."""
-  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:

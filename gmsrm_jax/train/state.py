@@ -18,7 +18,7 @@ class TrainState:
   """Every leaf carried from one step to the next; sharded, donated and checkpointed together."""
 
   step: jax.Array
-  g_params: Any
+  g_params: Any  # Trainable generator params (the optimizer's and the EMA's tree).
   d_params: Any
   g_opt_state: Any
   d_opt_state: Any
@@ -26,6 +26,10 @@ class TrainState:
   g_state: Any  # Generator collections other than params (e.g. a carried memory); may be {}.
   d_state: Any  # Discriminator spectral-norm statistics ('batch_stats').
   rng: jax.Array  # Raw uint32 key; per-step keys are fold_in(rng, step).
+  # Pre-trained generator params that are never trained (GM-SRM's generative memory), in the
+  # nesting of the generator's param tree; {} for models without any. Outside the optimizer,
+  # the gradients and the EMA; merged back for `apply` (models.merge_frozen).
+  frozen: Any = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +63,11 @@ def init_state(components: Components, rng: jax.Array, image_shape: tuple[int, .
   g_key, d_key, state_key = jax.random.split(rng, 3)
   image = jnp.zeros(image_shape, jnp.float32)
   mask = jnp.zeros((*image_shape[:-1], 1), jnp.float32)
-  g_params, g_state = split_variables(
+  params, g_state = split_variables(
       components.generator.init({"params": g_key, "noise": g_key}, image, mask, train=False))
+  # Frozen parts come out randomly initialised here; a fresh run replaces them with the
+  # pre-trained weights its config names (loop.restore_or_init), outside jit.
+  g_params, frozen = models.split_frozen(params)
   d_params, d_state = split_variables(
       components.discriminator.init(d_key, image, mask, update_stats=False))
   return TrainState(
@@ -73,4 +80,5 @@ def init_state(components: Components, rng: jax.Array, image_shape: tuple[int, .
       g_state=g_state,
       d_state=d_state,
       rng=state_key,
+      frozen=frozen,
   )

@@ -23,21 +23,31 @@ from gmsrm_jax.train.state import Components, TrainState
 DIAGNOSTICS = "diagnostics"
 
 
-def generator_forward(components: Components, g_params: Any, g_state: dict[str, Any],
-                      image: jax.Array, mask: jax.Array, *, train: bool, rng: jax.Array
+def generator_variables(params: Any, g_state: dict[str, Any], frozen: Any) -> dict[str, Any]:
+  """The generator's flax variables: trainable + frozen params, and the carried collections."""
+  return {"params": models.merge_frozen(params, frozen), **g_state}
+
+
+def generator_forward(components: Components, variables: dict[str, Any], image: jax.Array,
+                      mask: jax.Array, *, train: bool, rng: jax.Array
                       ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any],
                                  dict[str, jax.Array]]:
   """Returns (prediction, auxiliary loss terms, updated non-param collections, diagnostics)."""
+  carried = [name for name in variables if name != "params"]
   (prediction, aux), new_state = components.generator.apply(
-      {"params": g_params, **g_state}, image, mask, train=train, rngs={"noise": rng},
-      mutable=[*g_state.keys(), DIAGNOSTICS])
+      variables, image, mask, train=train, rngs={"noise": rng},
+      mutable=[*carried, DIAGNOSTICS])
   new_state = dict(new_state)
   diagnostics = traverse_util.flatten_dict(new_state.pop(DIAGNOSTICS, {}), sep="/")
   return prediction, aux, new_state, {f"diag/{k}": v for k, v in diagnostics.items()}
 
 
 def train_step(components: Components, config: ml_collections.ConfigDict, state: TrainState,
-               batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+               batch: dict[str, jax.Array], loss_networks: dict[str, Any] | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One G and one D update. `loss_networks` are frozen networks the objective needs (VGG-19
+  for eq. 11), passed as (non-donated) arguments so their weights are never compile-time
+  constants nor part of the carried state."""
   image, mask = batch["image"], batch["mask"]
   step_rng = jax.random.fold_in(state.rng, state.step)
   disc = components.discriminator
@@ -58,13 +68,17 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
     return real_logits, fake_logits, dict(new_d_state)
 
   def g_loss_fn(g_params):
+    # Only the trainable params are differentiated: the frozen ones enter as constants of
+    # this function, so no gradient (and no optimizer or EMA state) ever exists for them.
     prediction, aux, new_g_state, diagnostics = generator_forward(
-        components, g_params, state.g_state, image, mask, train=True, rng=step_rng)
+        components, generator_variables(g_params, state.g_state, state.frozen), image, mask,
+        train=True, rng=step_rng)
     completed = models.composite(prediction, image, mask)
     real_logits, fake_logits, _ = discriminate(
         state.d_params, jnp.concatenate([image, completed]), update_stats=False)
     terms = {**objective.generator_terms(image=image, mask=mask, prediction=prediction,
-                                         real_logits=real_logits, fake_logits=fake_logits),
+                                         real_logits=real_logits, fake_logits=fake_logits,
+                                         loss_networks=loss_networks or {}),
              **aux}
     return objective.generator_total(terms, config.loss), (terms, completed, new_g_state,
                                                            diagnostics)
@@ -107,13 +121,20 @@ def ema_update(ema_params: Any, params: Any, decay: float) -> Any:
 
 
 def inference_params(config: ml_collections.ConfigDict, state: TrainState) -> Any:
-  """The generator weights that evaluation, sample grids and export use (`eval.use_ema`)."""
+  """The trainable generator weights evaluation, sample grids and export use (`eval.use_ema`)."""
   return state.ema_params if config.eval.use_ema else state.g_params
 
 
-def predict(components: Components, params: Any, g_state: dict[str, Any], image: jax.Array,
+def inference_variables(config: ml_collections.ConfigDict, state: TrainState) -> dict[str, Any]:
+  """Everything inference needs, as flax variables: the inference weights with the frozen
+  params merged in, and the carried collections (e.g. CICM's memory). Prediction, sample
+  grids, evaluation and export all take this."""
+  return generator_variables(inference_params(config, state), state.g_state, state.frozen)
+
+
+def predict(components: Components, variables: dict[str, Any], image: jax.Array,
             mask: jax.Array) -> jax.Array:
-  """Inference: the composited output of the given (usually EMA) generator params."""
-  prediction, _, _, _ = generator_forward(components, params, g_state, image, mask,
-                                          train=False, rng=jax.random.key(0))
+  """Inference: the composited output for `inference_variables`."""
+  prediction, _, _, _ = generator_forward(components, variables, image, mask, train=False,
+                                          rng=jax.random.key(0))
   return models.composite(prediction, image, mask)

@@ -15,6 +15,8 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from gmsrm_jax import models
+from gmsrm_jax import objectives
 from gmsrm_jax import visualize
 from gmsrm_jax.data import pipeline
 from gmsrm_jax.train import parallel
@@ -36,6 +38,12 @@ class Task:
   # so grids are comparable across steps and runs.
   make_sampler: Callable[[Any, ml_collections.ConfigDict, Any],
                          Callable[[state_lib.TrainState], np.ndarray]]
+  # (config, abstract TrainState.frozen, sharding) -> the pre-trained frozen params a fresh
+  # run starts from (file I/O, never under jit). Runs only when no checkpoint exists.
+  load_frozen: Callable[[ml_collections.ConfigDict, Any, Any], Any] = (
+      lambda config, abstract_frozen, sharding: {})
+  # config -> frozen networks the loss needs ({name: host param tree}), passed to every step.
+  loss_networks: Callable[[ml_collections.ConfigDict], dict[str, Any]] = lambda config: {}
 
 
 def _inpainting_init(components, config, rng):
@@ -53,15 +61,20 @@ def _inpainting_sampler(components, config, mesh):
                     out_shardings=parallel.replicated(mesh))
 
   def sample(state):
-    output = predict(step_lib.inference_params(config, state), state.g_state, inputs["image"], inputs["mask"])
+    output = predict(step_lib.inference_variables(config, state), inputs["image"],
+                     inputs["mask"])
     output = np.asarray(multihost_utils.process_allgather(output, tiled=True))
     return visualize.inpainting_grid(host["image"], host["mask"], output)
 
   return sample
 
 
-INPAINTING = Task(create_components=state_lib.create_components, init_state=_inpainting_init,
-                  train_step=step_lib.train_step, make_sampler=_inpainting_sampler)
+INPAINTING = Task(
+    create_components=state_lib.create_components, init_state=_inpainting_init,
+    train_step=step_lib.train_step, make_sampler=_inpainting_sampler,
+    load_frozen=lambda config, abstract_frozen, sharding: models.load_frozen(
+        config.model, abstract_frozen, sharding),
+    loss_networks=lambda config: objectives.loss_networks(config.loss))
 
 # Tasks defined in other modules: name -> "module:attribute", imported on first use.
 _LAZY = {"memory_pretraining": "gmsrm_jax.train.memory_pretraining:TASK"}

@@ -1,0 +1,91 @@
+"""Table IV on the synthetic scenes: every GM-SRM row, several seeds, the same test masks.
+
+  python benchmarks/study_gmsrm_rows.py --workdir=runs/gmsrm_study --seeds=0,1,2 \
+      --steps=600 [--memory=runs/gmsrm_demo/stage1/memory] [--data_dir=...]
+
+Trains configs/gmsrm.py:demo,<row> for each row and seed (stage 1 once, unless --memory names
+an export), evaluates every run on the test masks of seed 0 (evaluation masks are a function
+of config.seed), and writes <workdir>/summary.{json,md}: PSNR / SSIM per mask setting, mean
+over seeds with the per-seed values. Runs resume, so an interrupted study continues. Hours of
+CPU at the defaults; not part of the test suite.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+
+sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
+from configs import gmsrm as gmsrm_config  # pylint: disable=g-import-not-at-top
+from gmsrm_jax import evaluation  # pylint: disable=g-import-not-at-top
+from gmsrm_jax import pipeline  # pylint: disable=g-import-not-at-top
+from gmsrm_jax.train import loop  # pylint: disable=g-import-not-at-top
+from gmsrm_jax.train import memory_pretraining  # pylint: disable=g-import-not-at-top
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/gmsrm_study", "Where the runs go.")
+_ROWS = flags.DEFINE_list("rows", ["base", "gm_bm", "gm_csv", "gm_srm", "gmsrm_cicm"], "Rows.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
+_STEPS = flags.DEFINE_integer("steps", 600, "Stage-2 steps per run.")
+_MEMORY = flags.DEFINE_string("memory", "", "A stage-1 export to use ('' -> train stage 1).")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data_dir ('' -> the TFDS default).")
+_VARIANT = flags.DEFINE_string("variant", "demo", "configs/gmsrm.py variant.")
+
+
+def _config(row: str, seed: int, memory: str):
+  config = gmsrm_config.get_config(f"{_VARIANT.value},{row}")
+  config.seed = seed
+  config.data.data_dir = _DATA_DIR.value
+  config.model.memory.path = memory
+  config.train.num_steps = _STEPS.value
+  config.train.checkpoint_every = config.train.sample_every = _STEPS.value
+  return config
+
+
+def main(argv):
+  del argv
+  workdir = os.path.abspath(_WORKDIR.value)
+  memory = _MEMORY.value
+  if not memory:
+    stage1 = pipeline.stage1_config(_config("gm_srm", 0, ""))
+    stage1_dir = os.path.join(workdir, "stage1")
+    loop.train_and_evaluate(stage1, stage1_dir)
+    memory = memory_pretraining.export_and_report(stage1, stage1_dir, report_images=64)[
+        "memory_dir"]
+  results = {}
+  for seed in map(int, _SEEDS.value):
+    for row in _ROWS.value:
+      config = _config(row, seed, memory)
+      run_dir = os.path.join(workdir, f"{row}_seed{seed}")
+      loop.train_and_evaluate(config, run_dir)
+      config.seed = 0  # The same test masks for every run.
+      results.setdefault(row, {})[seed] = evaluation.evaluate(config, run_dir)["results"]
+      with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump({"steps": _STEPS.value, "memory": memory, "results": results}, f, indent=2)
+  _write_markdown(results, os.path.join(workdir, "summary.md"))
+  print(open(os.path.join(workdir, "summary.md")).read())
+
+
+def _write_markdown(results, path):
+  rows = list(results)
+  columns = list(next(iter(next(iter(results.values())).values())))
+  lines = []
+  for metric, digits in (("psnr", 2), ("ssim", 3)):
+    lines += [f"### {metric.upper()} (mean over seeds; per seed in brackets)", "",
+              "| row | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for row in rows:
+      cells = []
+      for column in columns:
+        values = [results[row][seed][column][metric] for seed in sorted(results[row])]
+        per_seed = " / ".join(f"{v:.{digits}f}" for v in values)
+        cells.append(f"{np.mean(values):.{digits}f} ({per_seed})")
+      lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines.append("")
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+  app.run(main)
