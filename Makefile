@@ -2,11 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEMO_DIR ?= runs/demo
+DEMO_DIR ?= runs/gmsrm_demo
+BASE_DEMO_DIR ?= runs/demo
 # Where TFDS datasets are prepared and read ("" in configs means the same TFDS default).
 DATA_DIR ?= $(HOME)/tensorflow_datasets
 
-.PHONY: demo test setup clean-demo
+.PHONY: demo demo-base demo-compare test setup clean-demo
 
 setup: $(VENV)/.installed
 
@@ -17,16 +18,30 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-# Prepares the embedded synthetic dataset, trains the demo config on CPU (a few minutes),
-# evaluates it and prints the metrics table; the PNG grids land in $(DEMO_DIR)/eval/.
+# GM-SRM from one command on CPU (~15 min): prepares the embedded synthetic dataset, pre-trains
+# the generative memory (stage 1), exports it, trains stage 2 with it frozen, evaluates and
+# prints the table. Grids: $(DEMO_DIR)/eval/*.png; memory report: $(DEMO_DIR)/stage1/report.png.
 demo: setup
 	$(PY) -m gmsrm_jax.data.prepare --dataset=synthetic_scenes/64 --data_dir=$(DATA_DIR)
-	$(PY) train.py --config=configs/base.py:demo --workdir=$(DEMO_DIR) --config.data.data_dir=$(DATA_DIR)
-	$(PY) evaluate.py --config=configs/base.py:demo --workdir=$(DEMO_DIR) --config.data.data_dir=$(DATA_DIR)
-	@cat $(DEMO_DIR)/eval/metrics.md
+	$(PY) -m gmsrm_jax.pipeline --config=configs/gmsrm.py:demo --workdir=$(DEMO_DIR) \
+	    --config.data.data_dir=$(DATA_DIR)
+
+# The same, plus the Base model (Table IV's first row) trained and evaluated with the same
+# settings beside it: ~22 min on 2 idle cores.
+demo-compare: setup
+	$(PY) -m gmsrm_jax.data.prepare --dataset=synthetic_scenes/64 --data_dir=$(DATA_DIR)
+	$(PY) -m gmsrm_jax.pipeline --config=configs/gmsrm.py:demo --workdir=$(DEMO_DIR) \
+	    --config.data.data_dir=$(DATA_DIR) --compare=base
+
+# The base encoder-decoder alone (configs/base.py:demo, ~6 min); docs/PERFORMANCE.md's table.
+demo-base: setup
+	$(PY) -m gmsrm_jax.data.prepare --dataset=synthetic_scenes/64 --data_dir=$(DATA_DIR)
+	$(PY) train.py --config=configs/base.py:demo --workdir=$(BASE_DEMO_DIR) --config.data.data_dir=$(DATA_DIR)
+	$(PY) evaluate.py --config=configs/base.py:demo --workdir=$(BASE_DEMO_DIR) --config.data.data_dir=$(DATA_DIR)
+	@cat $(BASE_DEMO_DIR)/eval/metrics.md
 
 test: setup
 	$(PY) -m pytest -q tests
 
 clean-demo:
-	rm -rf $(DEMO_DIR)
+	rm -rf $(DEMO_DIR) $(BASE_DEMO_DIR)

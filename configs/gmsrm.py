@@ -45,7 +45,8 @@ _PAPER = {
     "celebahq": ("configs/memory_celebahq.py", "celeb_a_hq", 27_000),
     "paris": ("configs/memory_paris.py", "paris_street_view", 14_900),
 }
-_SYNTHETIC = {"demo": "configs/memory_synthetic.py:demo", "tiny": "configs/memory_synthetic.py:tiny"}
+_SYNTHETIC = {"demo": "configs/memory_synthetic.py:demo",
+              "tiny": "configs/memory_synthetic.py:tiny"}
 
 
 def stage1_config(name: str) -> ml_collections.ConfigDict:

@@ -2,15 +2,23 @@
 eq. 9's KL (closed form and Monte Carlo), eq. 8's sampled noise, eq. 7's recursion (a
 hand-written loop over the recorded decoder features), and the Table IV switches."""
 
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import gmsrm as gmsrm_config
+from gmsrm_jax import losses
 from gmsrm_jax import models
+from gmsrm_jax import objectives
+from gmsrm_jax import weights
 from gmsrm_jax.models import gmsrm
 from gmsrm_jax.models.base import Decoder, Encoder
+import reference_nets as ref  # tests/ is on the path under pytest.
 
 # 32x32 images, encoder widths (4, 8): decoder inputs at 8 (bottleneck) and 16, output 32.
 # Memory blocks at 4 (coarser than the bottleneck), 8 and 16; none at 32.
@@ -176,9 +184,6 @@ def test_frozen_split_keeps_only_the_adapters_of_the_memory_trainable():
 def test_eq14_weights_every_term_with_converted_vgg19(tmp_path):
   """λ1 L_rec + λ2 L_perc + λ3 L_adv + λ4 L_KL, the perceptual term from VGG-19 weights in
   the published layout passed through the real converter."""
-  import reference_nets as ref  # pylint: disable=g-import-not-at-top
-  from configs import gmsrm as gmsrm_config  # pylint: disable=g-import-not-at-top
-  from gmsrm_jax import losses, objectives, weights  # pylint: disable=g-import-not-at-top
   source, output = str(tmp_path / "published.npz"), str(tmp_path / "vgg19.npz")
   state_dict = ref.RandomStateDict(seed=3)
   ref.vgg_features(state_dict, np.zeros((1, 3, 32, 32)), ref.VGG19_CFG, stop_index=36)
@@ -207,3 +212,12 @@ def test_eq14_weights_every_term_with_converted_vgg19(tmp_path):
   # λ2 = 0 (CPU configs): no VGG-19 is loaded and the term is absent.
   config.loss.perceptual_weight = 0.0
   assert objectives.loss_networks(config.loss) == {}
+
+
+def test_model_packages_do_not_import_the_training_code():
+  """Layering: the memory and the models load without gmsrm_jax.train (or optax)."""
+  script = ("import sys; import gmsrm_jax.stylegan, gmsrm_jax.models\n"
+            "loaded = [m for m in sys.modules if m.startswith('gmsrm_jax.train') or\n"
+            "          m.split('.')[0] == 'optax']\n"
+            "assert not loaded, loaded\n")
+  subprocess.run([sys.executable, "-c", script], check=True)

@@ -117,8 +117,9 @@ class GMSRMNet(nn.Module):
 
     def f_c(x: jax.Array, level: int) -> jax.Array:
       # The conv is per level (the widths differ), the FC is shared (eq. 7's "same mapping").
-      h = layers.Conv(self.head_channels, (3, 3), padding="SAME", name=f"query_conv_{level}")(x)
-      return fc(jnp.mean(nn.leaky_relu(h, 0.2), axis=(1, 2)))
+      conv = layers.Conv(self.head_channels, (3, 3), padding="SAME",
+                         name=f"query_conv_{level}")
+      return fc(jnp.mean(nn.leaky_relu(conv(x), 0.2), axis=(1, 2)))
 
     batch = image.shape[0]
     channels = [memory.channels(r) for r in resolutions]
@@ -133,11 +134,11 @@ class GMSRMNet(nn.Module):
       # channel mu and log sigma for each synthesis layer of the block. The FC starts at 0,
       # i.e. at N(0, 1): the noise the memory was pre-trained with.
       x = jnp.concatenate(conditioning, axis=-1)
-      h = layers.Conv(self.head_channels, (3, 3), padding="SAME", name=f"noise_conv_{name}")(x)
-      h = jnp.mean(nn.leaky_relu(h, 0.2), axis=(1, 2))
+      conv = layers.Conv(self.head_channels, (3, 3), padding="SAME", name=f"noise_conv_{name}")
+      h = jnp.mean(nn.leaky_relu(conv(x), 0.2), axis=(1, 2))
       num_layers, width = len(standard[index]), channels[index]
       stats = layers.Dense(2 * num_layers * width, kernel_init=nn.initializers.zeros,
-                       name=f"noise_fc_{name}")(h).reshape(batch, num_layers, 2, width)
+                           name=f"noise_fc_{name}")(h).reshape(batch, num_layers, 2, width)
       mu, log_sigma = stats[:, :, 0], stats[:, :, 1]
       noise = []
       for j, epsilon in enumerate(standard[index]):
