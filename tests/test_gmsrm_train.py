@@ -23,7 +23,8 @@ from gmsrm_jax.train import loop
 from gmsrm_jax.train import parallel
 from gmsrm_jax.train import step as step_lib
 from gmsrm_jax.train import tasks
-import test_cicm_train  # Its leafwise comparison (tests/ is on the path under pytest).
+# Its leafwise comparison (tests/ is on the path under pytest).
+from test_cicm_train import _assert_close as assert_close  # pylint: disable=g-bad-import-order
 
 
 def _paths(tree):
@@ -125,8 +126,8 @@ def test_resume_is_identical_to_an_uninterrupted_run(trained, tmp_path):
   shutil.copytree(workdir, resumed_dir)
   shutil.rmtree(os.path.join(checkpoint.checkpoint_dir(resumed_dir), "2"))
   resumed = loop.train_and_evaluate(config, resumed_dir)
-  test_cicm_train._assert_close(jax.device_get(resumed), jax.device_get(state),  # pylint: disable=protected-access
-                                "resumed vs uninterrupted", relative=1e-6, pointwise=1e-6)
+  assert_close(jax.device_get(resumed), jax.device_get(state), "resumed vs uninterrupted",
+               relative=1e-6, pointwise=1e-6)
 
 
 def test_one_and_eight_devices_agree_to_float64_rounding(trained):
@@ -145,8 +146,8 @@ def test_one_and_eight_devices_agree_to_float64_rounding(trained):
         jax.device_put(state, parallel.replicated(mesh)), parallel.global_batch(batch, mesh))
     one, eight = jax.device_get((one, eight))
   assert jax.tree.leaves(one.g_params)[0].dtype == np.float64
-  test_cicm_train._assert_close(one, eight, "float64, 1 vs 8 devices", relative=1e-12,  # pylint: disable=protected-access
-                                pointwise=0.0, absolute=1e-30)
+  assert_close(one, eight, "float64, 1 vs 8 devices", relative=1e-12, pointwise=0.0,
+               absolute=1e-30)
 
 
 def test_evaluate_and_export_carry_the_frozen_memory(trained, memory_dir, tmp_path):
@@ -178,8 +179,8 @@ def test_every_table_iv_variant_trains_through_the_loop(tiny_data_dir, memory_di
   state = loop.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 1
   assert bool(jax.tree.leaves(state.frozen)) == (ablation != "base")
-  logged = {name for name in _paths(state.g_params)}
-  assert any("query_conv_1" in p for p in logged) == (ablation == "gm_srm")  # Eq. 7.
+  trainable = _paths(state.g_params)
+  assert any("query_conv_1" in p for p in trainable) == (ablation == "gm_srm")  # Eq. 7.
 
 
 def test_missing_memory_fails_before_initialisation_with_the_stage1_commands(
