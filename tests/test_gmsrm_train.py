@@ -207,3 +207,24 @@ def test_perceptual_term_needs_converted_vgg19_weights(tiny_data_dir, memory_dir
   config.loss.vgg19_weights = str(tmp_path / "vgg19.npz")
   with pytest.raises(weights_lib.WeightsError, match="python -m gmsrm_jax.weights convert"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_checkpoints_written_before_the_frozen_field_still_restore(tmp_path):
+  """A run checkpointed before TrainState.frozen existed (no model had frozen params then)
+  restores into today's state, with frozen = {} and every other leaf as saved."""
+  base = _config("", "", "base", steps=1)
+  task = tasks.get(base)
+  abstract = loop.abstract_train_state(base, task, task.create_components(base),
+                                       parallel.make_mesh())[1]
+  old_state = jax.tree.map(lambda x: np.full(x.shape, 3, x.dtype), abstract)
+  old_layout = {f: getattr(old_state, f) for f in
+                ("step", "g_params", "d_params", "g_opt_state", "d_opt_state", "ema_params",
+                 "g_state", "d_state", "rng")}  # The fields before issue #9.
+  manager = checkpoint.create_manager(str(tmp_path))
+  checkpoint.save(manager, 5, old_layout, base)
+  manager.wait_until_finished()
+  restored, step = checkpoint.restore(manager, abstract)
+  assert step == 5 and restored.frozen == {}
+  assert _paths(restored).keys() == _paths(old_state).keys()
+  for name, value in _paths(restored).items():
+    np.testing.assert_array_equal(value, _paths(old_state)[name], err_msg=name)

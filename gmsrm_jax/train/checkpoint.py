@@ -1,5 +1,6 @@
 """orbax checkpointing of the train state with its config; strict restore."""
 
+import dataclasses
 import os
 from typing import Any
 
@@ -56,10 +57,29 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
     raise CheckpointMismatchError(f"Checkpoint step {step} in {manager.directory} has no "
                                   "readable train state.")
   check_compatible(metadata, abstract_state)
+  absent = _array_free_fields_absent_on_disk(metadata, abstract_state)
+  target = abstract_state
+  if absent:
+    # orbax refuses a target with keys the checkpoint lacks, even empty ones: restore the
+    # fields that are on disk and keep the (array-free) others as the abstract state has them.
+    target = {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
+              if f.name not in absent}
   restored = manager.restore(step, args=ocp.args.Composite(**{
-      STATE: ocp.args.StandardRestore(abstract_state)}))
+      STATE: ocp.args.StandardRestore(target)}))[STATE]
+  if absent:
+    restored = abstract_state.replace(**restored)
   logging.info("Restored checkpoint at step %d from %s", step, manager.directory)
-  return restored[STATE], step
+  return restored, step
+
+
+def _array_free_fields_absent_on_disk(metadata: Any, abstract_state: Any) -> tuple[str, ...]:
+  """State fields that hold no arrays and are missing from a checkpoint written before they
+  existed (e.g. `TrainState.frozen`, empty for models without frozen parameters)."""
+  if not dataclasses.is_dataclass(abstract_state) or not hasattr(metadata, "keys"):
+    return ()
+  stored = set(metadata.keys())
+  return tuple(f.name for f in dataclasses.fields(abstract_state)
+               if f.name not in stored and not jax.tree.leaves(getattr(abstract_state, f.name)))
 
 
 def restore_config(manager: ocp.CheckpointManager, step: int | None = None) -> dict | None:
