@@ -17,6 +17,7 @@ import sys
 from absl import app
 from absl import flags
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 from configs import gmsrm as gmsrm_config  # pylint: disable=g-import-not-at-top
@@ -68,7 +69,34 @@ def main(argv):
       with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump({"steps": _STEPS.value, "memory": memory, "results": results}, f, indent=2)
   _write_markdown(results, os.path.join(workdir, "summary.md"))
+  for setting in ("40-50", "center_50"):
+    comparison_grid(workdir, list(results), int(_SEEDS.value[0]), setting,
+                    _config("base", 0, memory).data.crop_size)
   print(open(os.path.join(workdir, "summary.md")).read())
+
+
+def comparison_grid(workdir: str, rows: list[str], seed: int, setting: str, size: int,
+                    images: int = 4, pad: int = 2) -> str:
+  """<workdir>/rows_<setting>.png: per test image (a line), the masked input, each row's
+  output (left to right in `rows` order) and the ground truth, cut from the runs' evaluation
+  grids (visualize.inpainting_grid: columns masked, output, truth; tiles size + pad apart)."""
+  tile = lambda grid, line, column: grid[line * (size + pad):line * (size + pad) + size,
+                                         column * (size + pad):column * (size + pad) + size]
+  grids = {row: np.asarray(Image.open(os.path.join(workdir, f"{row}_seed{seed}", "eval",
+                                                   f"samples_{setting}.png")).convert("RGB"))
+           for row in rows}
+  first = grids[rows[0]]
+  columns = [lambda line: tile(first, line, 0)]
+  columns += [lambda line, row=row: tile(grids[row], line, 1) for row in rows]
+  columns += [lambda line: tile(first, line, 2)]
+  out = np.full((images * (size + pad), len(columns) * (size + pad), 3), 255, np.uint8)
+  for line in range(images):
+    for c, column in enumerate(columns):
+      out[line * (size + pad):line * (size + pad) + size,
+          c * (size + pad):c * (size + pad) + size] = column(line)
+  path = os.path.join(workdir, f"rows_{setting}.png")
+  Image.fromarray(out).save(path)
+  return path
 
 
 def _write_markdown(results, path):
