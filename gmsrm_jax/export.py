@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gmsrm_jax import config_checks
 from gmsrm_jax.train import loop
 from gmsrm_jax.train import parallel
 from gmsrm_jax.train import state as state_lib
@@ -49,7 +50,8 @@ def _completion(components: state_lib.Components) -> Callable[..., jax.Array]:
 
 
 def export(config: ml_collections.ConfigDict, workdir: str, out_dir: str | None = None, *,
-           step: int | None = None, platforms: Sequence[str] = DEFAULT_PLATFORMS) -> str:
+           step: int | None = None, platforms: Sequence[str] = DEFAULT_PLATFORMS,
+           allow_config_change: Sequence[str] = ()) -> str:
   """Writes the export of the run's checkpoint (latest by default); returns its directory.
 
   One process only: the state is gathered to this host and written by it.
@@ -60,9 +62,11 @@ def export(config: ml_collections.ConfigDict, workdir: str, out_dir: str | None 
   if config.get("task", "inpainting") != "inpainting":
     raise ValueError(f"config.task={config.task!r}: export is for inpainting models; the "
                      "generative memory has its own export (docs/MEMORY_PRETRAINING.md).")
+  config_checks.validate(config)
   workdir = os.path.abspath(workdir)
   out_dir = os.path.abspath(out_dir or os.path.join(workdir, "export"))
-  components, state, step = loop.restore_run(config, workdir, parallel.make_mesh(), step=step)
+  components, state, step = loop.restore_run(config, workdir, parallel.make_mesh(), step=step,
+                                             allow_config_change=allow_config_change)
   variables = jax.device_get(step_lib.inference_variables(config, state))
   size = config.data.crop_size
   batch = jax.export.symbolic_shape("batch")[0]
