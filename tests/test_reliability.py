@@ -4,7 +4,9 @@ The loop-level cases start from copies of the shared finished tiny run (checkpoi
 """
 
 import glob
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +19,7 @@ import pytest
 
 import tiny_run
 from gmsrm_jax import config_checks
+from gmsrm_jax import export as export_lib
 from gmsrm_jax.train import checkpoint
 from gmsrm_jax.train import health
 from gmsrm_jax.train import loop
@@ -244,3 +247,41 @@ def test_config_changes_that_a_resume_allows():
   check(config, allowed=["masks.*", "model.stem_channels"])
   with pytest.raises(config_checks.ConfigError, match="train.batchsize, which is not"):
     check(config, allowed=["train.batchsize"])
+
+
+# --- 6. Export files ----------------------------------------------------------------------------
+
+
+def test_every_damaged_export_file_is_named(tiny_data_dir, finished_tiny_run, tmp_path):
+  pristine = export_lib.export(tiny_run.config(tiny_data_dir, 4), finished_tiny_run[0],
+                               str(tmp_path / "pristine"), platforms=("cpu",))
+  with open(os.path.join(pristine, "manifest.json")) as f:
+    listed = json.load(f)["sha256"]
+  assert {"inpaint.jax", "config.json", "variables/_METADATA"} <= set(listed)
+  data_file = next(name for name in listed if "/d/" in name)
+
+  def damage(name, how):
+    out_dir = str(tmp_path / f"damaged_{len(os.listdir(tmp_path))}")
+    shutil.copytree(pristine, out_dir)
+    path = os.path.join(out_dir, name)
+    if how == "truncate":
+      os.truncate(path, os.path.getsize(path) // 2)
+    elif how == "flip":
+      data = bytearray(open(path, "rb").read())
+      data[len(data) // 2] ^= 0x01
+      open(path, "wb").write(bytes(data))
+    else:
+      os.remove(path)
+    return out_dir
+
+  cases = [("inpaint.jax", "truncate", export_lib.load_serving, ValueError),
+           ("inpaint.jax", "flip", export_lib.load_serving, ValueError),
+           ("config.json", "truncate", export_lib.load, ValueError),
+           ("variables/_METADATA", "truncate", export_lib.load, ValueError),
+           (data_file, "flip", export_lib.load_serving, ValueError),
+           (data_file, "delete", export_lib.load, FileNotFoundError),
+           ("manifest.json", "truncate", export_lib.load, ValueError)]
+  for name, how, loader, error in cases:
+    out_dir = damage(name, how)
+    with pytest.raises(error, match=re.escape(os.path.join(out_dir, name)) + ".*python export.py"):
+      loader(out_dir)
