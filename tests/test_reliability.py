@@ -20,6 +20,7 @@ import pytest
 import tiny_run
 from gmsrm_jax import config_checks
 from gmsrm_jax import export as export_lib
+from gmsrm_jax.data import pipeline
 from gmsrm_jax.train import checkpoint
 from gmsrm_jax.train import health
 from gmsrm_jax.train import loop
@@ -285,3 +286,37 @@ def test_every_damaged_export_file_is_named(tiny_data_dir, finished_tiny_run, tm
     out_dir = damage(name, how)
     with pytest.raises(error, match=re.escape(os.path.join(out_dir, name)) + ".*python export.py"):
       loader(out_dir)
+
+
+# --- 7. Damaged dataset files -------------------------------------------------------------------
+
+
+def _flip_bytes(path: str, fractions) -> None:
+  data = bytearray(open(path, "rb").read())
+  for fraction in fractions:
+    data[int(len(data) * fraction)] ^= 0x40
+  open(path, "wb").write(bytes(data))
+
+
+def test_unreadable_records_are_substituted_then_too_many_stop_the_run(tiny_data_dir, tmp_path):
+  data_dir = str(tmp_path / "data")
+  shutil.copytree(tiny_data_dir, data_dir)
+  config = tiny_run.config(data_dir, 4)
+  (train_file,) = glob.glob(os.path.join(data_dir, "synthetic_scenes", "tiny", "*",
+                                         "*train.array_record*"))
+  _flip_bytes(train_file, [0.5])  # Inside one record's chunk: 1 of 128 records (< 1%).
+  images = pipeline.robust_split(config, "train")
+  decoded = [np.asarray(images[i]) for i in range(len(images))]
+  assert images.skipped.counts == {"corrupt": 1, "too_small": 0, "too_large": 0}
+  (damaged,) = [i for i in range(len(images) - 1) if np.array_equal(decoded[i], decoded[i + 1])]
+  # A function of the record alone, so a resumed run (a new reader) substitutes the same way.
+  np.testing.assert_array_equal(np.asarray(pipeline.robust_split(config, "train")[damaged]),
+                                decoded[damaged + 1])
+
+  _flip_bytes(train_file, [0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9])
+  images = pipeline.robust_split(config, "train")
+  with pytest.raises(pipeline.DatasetDamagedError,
+                     match=rf"(?s){re.escape(train_file)}: [2-9] of 128 records cannot be read.*"
+                           r"python -m gmsrm_jax.data.prepare --dataset=synthetic_scenes/tiny"):
+    for i in range(len(images)):
+      images[i]
