@@ -15,11 +15,13 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import pytest
 
 import tiny_run
 from gmsrm_jax import config_checks
 from gmsrm_jax import export as export_lib
+from gmsrm_jax import masks
 from gmsrm_jax.data import pipeline
 from gmsrm_jax.train import checkpoint
 from gmsrm_jax.train import health
@@ -320,3 +322,46 @@ def test_unreadable_records_are_substituted_then_too_many_stop_the_run(tiny_data
                            r"python -m gmsrm_jax.data.prepare --dataset=synthetic_scenes/tiny"):
     for i in range(len(images)):
       images[i]
+
+
+# --- 8. Mask files ------------------------------------------------------------------------------
+
+
+def test_mask_files_of_every_convention_and_the_folder_summary(tmp_path, caplog):
+  """The issue's probe masks: each reads as the drawn shape, or is reported with its reason."""
+  holes = np.zeros((32, 32), bool)
+  holes[4:20, 6:22] = True  # 25%.
+  as_ = lambda high, low=0, dtype=np.uint8: np.where(holes, high, low).astype(dtype)
+  files = {
+      "label_8bit.png": Image.fromarray(as_(1)),
+      "label_16bit.png": Image.fromarray(as_(1, dtype=np.uint16)),
+      "grey_100.png": Image.fromarray(as_(100)),
+      "red_on_black.png": Image.fromarray(np.stack([as_(255), as_(0), as_(0)], -1)),
+      "alpha_only.png": Image.fromarray(np.stack([as_(0)] * 3 + [as_(255)], -1), "RGBA"),
+      "all_zero.png": Image.fromarray(np.zeros((32, 32), np.uint8)),
+      "all_one.png": Image.fromarray(np.ones((32, 32), np.uint8)),
+      "inverted.png": Image.fromarray(np.where(np.arange(32 * 32).reshape(32, 32) < 696, 255,
+                                               0).astype(np.uint8)),  # 68% white.
+  }
+  for name, image in files.items():
+    image.save(tmp_path / name)
+  wide = np.zeros((100, 200), bool)
+  wide[:, 50:150] = True  # The centre square of a 2:1 mask.
+  Image.fromarray(wide).save(tmp_path / "wide.png")
+
+  for name in ("label_8bit.png", "label_16bit.png", "grey_100.png", "red_on_black.png",
+               "alpha_only.png"):
+    np.testing.assert_array_equal(masks.load_mask_file(tmp_path / name, 32), holes, name)
+  np.testing.assert_array_equal(masks.load_mask_file(tmp_path / "wide.png", 16),
+                                np.ones((16, 16)))  # Cropped, not stretched (which is 50%).
+
+  folder = masks.MaskFolder(tmp_path, 32)
+  assert folder.bin_counts()["20-30"] == 5 and len(folder) == 9
+  assert folder.out_of_bins == {
+      "no hole pixels": ["all_zero.png (0.0%)"],
+      "every pixel a hole": ["all_one.png (100.0%)", "wide.png (100.0%)"],
+      "hole ratio above every bin (> 60%; if this folder marks holes black, read it with "
+      "invert=True, config.eval.mask_invert)": ["inverted.png (68.0%)"]}
+  assert folder.cropped == ["wide.png (200x100)"]
+  assert "9 files, 5 in at least one bin" in caplog.text
+  assert "1 in no bin, no hole pixels: all_zero.png" in caplog.text
