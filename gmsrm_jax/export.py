@@ -23,7 +23,6 @@ every file against the manifest's sha256, so a damaged or changed file is an err
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 from typing import Any, Callable, Sequence
@@ -35,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gmsrm_jax import config_checks
+from gmsrm_jax import weights
 from gmsrm_jax.train import loop
 from gmsrm_jax.train import parallel
 from gmsrm_jax.train import state as state_lib
@@ -95,18 +95,11 @@ def export(config: ml_collections.ConfigDict, workdir: str, out_dir: str | None 
   manifest = {"format": FORMAT, "step": int(step), "image_size": size,
               "params": "ema" if config.eval.use_ema else "online",
               "collections": sorted(variables), "platforms": list(platforms),
-              "sha256": {name: _sha256(os.path.join(out_dir, name)) for name in sorted(written)}}
+              "sha256": {name: weights.sha256(os.path.join(out_dir, name))
+                         for name in sorted(written)}}
   with open(os.path.join(out_dir, MANIFEST), "w") as f:
     json.dump(manifest, f, indent=2)
   return out_dir
-
-
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 _EXPORT_AGAIN = "Export the run again: python export.py --config=<run config> --workdir=<run>"
@@ -137,7 +130,7 @@ def _read_manifest(out_dir: str) -> dict[str, Any]:
     file = os.path.join(out_dir, name)
     if not os.path.isfile(file):
       raise FileNotFoundError(f"{file} is missing from the export. {_EXPORT_AGAIN}")
-    if _sha256(file) != expected:
+    if weights.sha256(file) != expected:
       raise ValueError(f"{file} is damaged or was changed after the export (its sha256 "
                        f"differs from {MANIFEST}'s). {_EXPORT_AGAIN}")
   return manifest
