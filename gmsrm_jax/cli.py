@@ -2,6 +2,7 @@
 
 import logging
 import re
+import signal
 import sys
 
 from absl import app
@@ -55,7 +56,15 @@ def parse_flags(argv: list[str]) -> list[str]:
 def run(main) -> None:
   """app.run with parse_flags; a stopped run exits with preemption.EXIT_CODE (it raises
   preemption.Stopped, a SystemExit)."""
-  app.run(main, flags_parser=parse_flags)
+
+  def main_then_finish(argv):
+    main(argv)
+    # Everything is saved; a stop signal during the interpreter's teardown (which takes a
+    # while after JAX and TensorFlow) must not turn a finished run's status 0 into "killed".
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(signum, signal.SIG_IGN)
+
+  app.run(main_then_finish, flags_parser=parse_flags)
 
 
 def setup():

@@ -147,16 +147,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   components = task.create_components(config)
   loss_networks = load_loss_networks(config, task, mesh)  # Fails fast on a missing file.
   manager = checkpoint.create_manager(workdir, max_to_keep=config.train.max_to_keep)
-  try:
-    with preemption.StopRequests(jax.process_count()) as stop:
+  # The handlers stay ours until the last save is written: a signal after the last step
+  # must not kill that save (the run then simply finishes).
+  with preemption.StopRequests(jax.process_count()) as stop:
+    try:
       state = restore_or_init(config, task, components, mesh, manager, step=step,
                               allow_config_change=allow_config_change)
       return _train(config, workdir, task, components, mesh, manager, state, loss_networks,
                     stop)
-  finally:
-    # Whatever ends the run (an error, a signal), a save in flight is completed: its state
-    # was checked finite before the save began.
-    manager.close()
+    finally:
+      # Whatever ends the run (an error, a signal), a save in flight is completed: its state
+      # was checked finite before the save began.
+      manager.close()
 
 
 def _train(config, workdir, task, components, mesh, manager, state, loss_networks, stop
