@@ -1,9 +1,7 @@
-"""Evaluates the latest checkpoint of a run: same flags as train.py.
+"""Evaluates a run's checkpoint (the latest, or --step): same flags as train.py.
 
 Writes eval/metrics.{md,csv,json} and eval/samples_*.png under --workdir.
 """
-
-from absl import app
 
 from gmsrm_jax import cli
 from gmsrm_jax import evaluation
@@ -12,8 +10,9 @@ from gmsrm_jax import evaluation
 def main(argv):
   del argv
   config, workdir = cli.setup()
-  evaluation.evaluate(config, workdir)
+  evaluation.evaluate(config, workdir, step=cli.STEP.value,
+                      allow_config_change=cli.ALLOW_CONFIG_CHANGE.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,7 +1,11 @@
-"""Shared flags of the entry points (train.py, evaluate.py)."""
+"""Shared flags of the entry points (train.py, evaluate.py, export.py, the pipeline)."""
 
 import logging
+import re
+import signal
+import sys
 
+from absl import app
 from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -18,7 +22,49 @@ _COORDINATOR = flags.DEFINE_string(
     "single process.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in a multi-process job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index in the job.")
+STEP = flags.DEFINE_integer(
+    "step", None, "Checkpoint step to restore (default: the newest that restores). Training "
+    "from an earlier step sets the newer checkpoints aside (<workdir>/checkpoints_set_aside).")
+ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
+    "allow_config_change", [], "Config fields (or 'section.*') that may differ from the "
+    "checkpoint's config although they change the next batch or the model, e.g. "
+    "train.batch_size,seed. See docs/RELIABILITY.md.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with unknown --config.* fields named by their full path.
+
+  ml_collections reports an unknown override only by its last key ("'no_such_key'").
+  """
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as error:
+    message = str(error.args[0] if error.args else error)
+    unknown = re.search(r"'([^']+)'", message)
+    overrides = [arg[2:].split("=")[0] for arg in argv if arg.startswith("--config.")]
+    culprits = [o for o in overrides if unknown and unknown.group(1) in o.split(".")[1:]]
+    if not culprits:
+      raise
+    hint = message.split("\n", 1)[1].strip() if "\n" in message else ""
+    sys.stderr.write(f"FATAL Flags parsing error: --{culprits[0]}: the config has no field "
+                     f"{culprits[0]} ({unknown.group(1)!r} is unknown). {hint}\n".rstrip()
+                     + "\nEvery --config.* override must name an existing field.\n")
+    sys.exit(1)
+
+
+def run(main) -> None:
+  """app.run with parse_flags; a stopped run exits with preemption.EXIT_CODE (it raises
+  preemption.Stopped, a SystemExit)."""
+
+  def main_then_finish(argv):
+    main(argv)
+    # Everything is saved; a stop signal during the interpreter's teardown (which takes a
+    # while after JAX and TensorFlow) must not turn a finished run's status 0 into "killed".
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(signum, signal.SIG_IGN)
+
+  app.run(main_then_finish, flags_parser=parse_flags)
 
 
 def setup():

@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 from absl import logging
 import jax
@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from gmsrm_jax import config_checks
 from gmsrm_jax import metrics as metrics_lib
 from gmsrm_jax import visualize
 from gmsrm_jax import weights as weights_lib
@@ -166,20 +167,25 @@ def batch_metrics(components, lpips_net, fid_size, variables, lpips_params, fid_
   return output, sums, jnp.sum(weight), features, weight
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None
-             ) -> dict[str, Any]:
+def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
+             allow_config_change: Sequence[str] = ()) -> dict[str, Any]:
   """Restores the checkpoint (latest by default) and evaluates it; returns the results.
+
+  The config's model fields must match the checkpoint's (loop.restore_run); a damaged
+  checkpoint is an error naming its step and the others to choose from with `step`.
 
   Returns:
     {"step", "results": {column: {metric: value or None, "images": n}}, "unavailable":
     {metric: reason}, "tables": {name: markdown path}}.
   """
+  config_checks.validate(config)
   workdir = os.path.abspath(workdir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.eval.batch_size, mesh)
   settings = mask_settings(config.eval)  # Unknown table names fail before any work.
   networks = load_feature_networks(config.eval, mesh)
-  components, state, step = loop.restore_run(config, workdir, mesh, step=step)
+  components, state, step = loop.restore_run(config, workdir, mesh, step=step,
+                                             allow_config_change=allow_config_change)
   variables = step_lib.inference_variables(config, state)
   replicated = parallel.replicated(mesh)
   evaluate_batch = jax.jit(

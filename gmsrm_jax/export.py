@@ -9,13 +9,16 @@ writes (default DIR = RUN/export):
   inpaint.jax    the completion function `(variables, image, mask) -> completed image`,
                  serialized with `jax.export` (StableHLO) for any batch size and the platforms
                  of `--platforms`; calling it needs jax alone, not this package's model code
-  config.json    the run's config; manifest.json: step, image size, format, platforms.
+  config.json    the run's config
+  manifest.json  step, image size, format, platforms, and the sha256 of every other file.
 
 Images are float32 [B, H, W, 3] in [-1, 1] at the trained size; masks [B, H, W, 1], 1 = hole.
 The completion keeps the known pixels (`models.composite`), as evaluation does.
 
 Loading: `load(DIR)` rebuilds the flax generator from config.json (for research use: the
-variables are a plain tree); `load_serving(DIR)` runs the serialized function.
+variables are a plain tree); `load_serving(DIR)` runs the serialized function. Both first check
+every file against the manifest's sha256, so a damaged or changed file is an error naming it
+(rather than a struct/Unicode/JSON error from deep inside a reader).
 """
 
 import dataclasses
@@ -24,17 +27,21 @@ import json
 import os
 from typing import Any, Callable, Sequence
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gmsrm_jax import config_checks
+from gmsrm_jax import weights
 from gmsrm_jax.train import loop
 from gmsrm_jax.train import parallel
 from gmsrm_jax.train import state as state_lib
 from gmsrm_jax.train import step as step_lib
 
-FORMAT = "gmsrm_jax.export/1"
+FORMAT = "gmsrm_jax.export/2"  # /2 added the files' sha256.
+_UNVERIFIED_FORMAT = "gmsrm_jax.export/1"
 VARIABLES = "variables"
 SERIALIZED = "inpaint.jax"
 CONFIG = "config.json"
@@ -49,7 +56,8 @@ def _completion(components: state_lib.Components) -> Callable[..., jax.Array]:
 
 
 def export(config: ml_collections.ConfigDict, workdir: str, out_dir: str | None = None, *,
-           step: int | None = None, platforms: Sequence[str] = DEFAULT_PLATFORMS) -> str:
+           step: int | None = None, platforms: Sequence[str] = DEFAULT_PLATFORMS,
+           allow_config_change: Sequence[str] = ()) -> str:
   """Writes the export of the run's checkpoint (latest by default); returns its directory.
 
   One process only: the state is gathered to this host and written by it.
@@ -60,9 +68,11 @@ def export(config: ml_collections.ConfigDict, workdir: str, out_dir: str | None 
   if config.get("task", "inpainting") != "inpainting":
     raise ValueError(f"config.task={config.task!r}: export is for inpainting models; the "
                      "generative memory has its own export (docs/MEMORY_PRETRAINING.md).")
+  config_checks.validate(config)
   workdir = os.path.abspath(workdir)
   out_dir = os.path.abspath(out_dir or os.path.join(workdir, "export"))
-  components, state, step = loop.restore_run(config, workdir, parallel.make_mesh(), step=step)
+  components, state, step = loop.restore_run(config, workdir, parallel.make_mesh(), step=step,
+                                             allow_config_change=allow_config_change)
   variables = jax.device_get(step_lib.inference_variables(config, state))
   size = config.data.crop_size
   batch = jax.export.symbolic_shape("batch")[0]
@@ -79,23 +89,50 @@ def export(config: ml_collections.ConfigDict, workdir: str, out_dir: str | None 
     f.write(exported.serialize())
   with open(os.path.join(out_dir, CONFIG), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
+  written = [SERIALIZED, CONFIG] + [
+      os.path.relpath(os.path.join(root, name), out_dir)
+      for root, _, names in os.walk(variables_dir) for name in names]
   manifest = {"format": FORMAT, "step": int(step), "image_size": size,
               "params": "ema" if config.eval.use_ema else "online",
-              "collections": sorted(variables), "platforms": list(platforms)}
+              "collections": sorted(variables), "platforms": list(platforms),
+              "sha256": {name: weights.sha256(os.path.join(out_dir, name))
+                         for name in sorted(written)}}
   with open(os.path.join(out_dir, MANIFEST), "w") as f:
     json.dump(manifest, f, indent=2)
   return out_dir
 
 
+_EXPORT_AGAIN = "Export the run again: python export.py --config=<run config> --workdir=<run>"
+
+
+def _read_json(path: str) -> Any:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is damaged (not valid JSON: {e}). {_EXPORT_AGAIN}") from None
+
+
 def _read_manifest(out_dir: str) -> dict[str, Any]:
+  """The manifest, after checking every file it lists against its sha256."""
   path = os.path.join(out_dir, MANIFEST)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{out_dir} is not a model export (no {MANIFEST}). Create one: "
                             "python export.py --config=<run config> --workdir=<run>")
-  with open(path) as f:
-    manifest = json.load(f)
-  if manifest.get("format") != FORMAT:
+  manifest = _read_json(path)
+  if manifest.get("format") == _UNVERIFIED_FORMAT:
+    logging.warning("%s predates checksums (%s): its files cannot be verified.", out_dir,
+                    _UNVERIFIED_FORMAT)
+    return manifest
+  if manifest.get("format") != FORMAT or not isinstance(manifest.get("sha256"), dict):
     raise ValueError(f"{path}: format {manifest.get('format')!r}, this version reads {FORMAT}.")
+  for name, expected in manifest["sha256"].items():
+    file = os.path.join(out_dir, name)
+    if not os.path.isfile(file):
+      raise FileNotFoundError(f"{file} is missing from the export. {_EXPORT_AGAIN}")
+    if weights.sha256(file) != expected:
+      raise ValueError(f"{file} is damaged or was changed after the export (its sha256 "
+                       f"differs from {MANIFEST}'s). {_EXPORT_AGAIN}")
   return manifest
 
 
@@ -120,8 +157,7 @@ class ExportedModel:
 
 def load(out_dir: str) -> ExportedModel:
   manifest = _read_manifest(out_dir)
-  with open(os.path.join(out_dir, CONFIG)) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(_read_json(os.path.join(out_dir, CONFIG)))
   components = state_lib.create_components(config)
   return ExportedModel(config=config, variables=_read_variables(out_dir),
                        step=manifest["step"], inpaint=jax.jit(_completion(components)))

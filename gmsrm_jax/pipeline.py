@@ -33,9 +33,10 @@ def stage1_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, compare: tuple[str, ...] = (),
-        report_images: int = 64) -> dict[str, Any]:
+        report_images: int = 64, allow_config_change: tuple[str, ...] = ()
+        ) -> dict[str, Any]:
   """Runs both stages and the evaluation; returns {row name: (run directory, evaluation
-  results)}."""
+  results)}. `allow_config_change` applies to the stage-2 runs (loop.restore_or_init)."""
   workdir = os.path.abspath(workdir)
   stage1_dir = os.path.join(workdir, "stage1")
   stage1 = stage1_config(config)
@@ -55,8 +56,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, compare: tuple[str, ...
   results = {}
   for name, (row, row_dir) in rows.items():
     logging.info("Stage 2 (%s) in %s", name, row_dir)
-    loop.train_and_evaluate(row, row_dir)
-    results[name] = (row_dir, evaluation.evaluate(row, row_dir))
+    loop.train_and_evaluate(row, row_dir, allow_config_change=allow_config_change)
+    results[name] = (row_dir, evaluation.evaluate(row, row_dir,
+                                                  allow_config_change=allow_config_change))
   return results
 
 
@@ -71,12 +73,16 @@ if __name__ == "__main__":
 
   def main(argv):
     del argv
+    if cli.STEP.value is not None:
+      raise app.UsageError("--step is for train.py, evaluate.py and export.py; the pipeline "
+                           "always continues each stage from its newest checkpoint.")
     config, workdir = cli.setup()
-    results = run(config, workdir, tuple(_COMPARE.value))
+    results = run(config, workdir, tuple(_COMPARE.value),
+                  allow_config_change=tuple(cli.ALLOW_CONFIG_CHANGE.value))
     for name, (row_dir, _) in results.items():
       table = os.path.join(row_dir, "eval", "metrics.md")
       print(f"\n## {name} ({table})\n")
       with open(table) as f:
         print(f.read())
 
-  app.run(main)
+  cli.run(main)

@@ -296,7 +296,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   return {name: value.detach().cpu().numpy() for name, value in state.items()}
 
 
-def _sha256(path: str) -> str:
+def sha256(path: str) -> str:
+  """Hex sha256 of a file, read in 1 MiB blocks."""
   digest = hashlib.sha256()
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -337,7 +338,7 @@ def convert(model: str, sources: Sequence[str], output: str) -> dict[str, np.nda
     raise WeightsError(f"{', '.join(sources)} do not fit the {model} model:\n  "
                        + "\n  ".join(problems[:20]))
   save(model, arrays, output,
-       provenance=[f"{os.path.basename(path)} sha256={_sha256(path)}" for path in sources])
+       provenance=[f"{os.path.basename(path)} sha256={sha256(path)}" for path in sources])
   return arrays
 
 

@@ -11,3 +11,15 @@ def tiny_data_dir(tmp_path_factory) -> str:
   data_dir = tmp_path_factory.mktemp("tfds_data")
   prepare("synthetic_scenes", "tiny", str(data_dir))
   return str(data_dir)
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tiny_data_dir, tmp_path_factory):
+  """(workdir, final state) of tiny_run.config(num_steps=4): checkpoints at steps 2 and 4.
+
+  Shared by several modules, so tests must not change it: copy the workdir first.
+  """
+  import tiny_run  # pylint: disable=g-import-not-at-top
+  from gmsrm_jax.train import loop  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("finished_tiny_run"))
+  return workdir, loop.train_and_evaluate(tiny_run.config(tiny_data_dir, 4), workdir)

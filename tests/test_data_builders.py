@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from gmsrm_jax.data import builders
 from gmsrm_jax.data import decode
 from gmsrm_jax.data import image_folder
+from gmsrm_jax.data import prepare as prepare_lib
 from gmsrm_jax.data.prepare import prepare
 from gmsrm_jax.data import synthetic
 
@@ -111,6 +112,9 @@ def test_image_folder_with_sub_folders_converts_skips_and_counts(tmp_path):
       "train": {"corrupt": 1, "too_small": 1, "too_large": 0},
       "test": {"corrupt": 0, "too_small": 0, "too_large": 0}}
   assert builder.info.metadata["split_rule"].startswith("sub-folders")
+  assert prepare_lib.ready_line("image_folder", builder).endswith(
+      ": test 2, train 5 examples; skipped 2 (test: corrupt 0, too_small 0, too_large 0; "
+      "train: corrupt 1, too_small 1, too_large 0)")
   train = _records(tmp_path / "data", "image_folder", "tiny", "train")
   test = _records(tmp_path / "data", "image_folder", "tiny", "test")
   names = sorted(r["file_name"].decode() for r in train)  # Relative to manual_dir.

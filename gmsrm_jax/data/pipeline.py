@@ -17,6 +17,7 @@ whole batches ahead of the consumer, delivered in step order.
 from collections.abc import Iterator, Mapping, Sequence
 import functools
 import math
+import threading
 import zlib
 
 from absl import logging
@@ -38,10 +39,19 @@ _AUGMENT_STREAM = zlib.crc32(b"gmsrm_jax.data.augment")
 # A bad record is replaced by the next good one; this many bad records in a row means the
 # dataset itself is broken, which should stop the run rather than loop.
 _MAX_SUBSTITUTIONS = 64
+# Storage damage (changed bytes: the record cannot even be read) is substituted like an
+# undecodable image while it is rare; a shard file with more unreadable records than this
+# fraction stops the run, naming the file.
+MAX_DAMAGED_FRACTION = 0.01
 # MapDataset needs a length; training is unbounded in practice (2**62 steps).
 _UNBOUNDED = 2**62
 
 Batch = dict[str, np.ndarray]
+
+
+def _prepared_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  data = config.data
+  return builders.load_builder(data.name, data.builder_config, data.data_dir, data.manual_dir)
 
 
 def open_split(config: ml_collections.ConfigDict, split: str) -> Sequence[Mapping[str, object]]:
@@ -50,36 +60,49 @@ def open_split(config: ml_collections.ConfigDict, split: str) -> Sequence[Mappin
   Raises:
     builders.DatasetNotPreparedError: the dataset was not prepared (the message says how).
   """
-  data = config.data
-  builder = builders.load_builder(data.name, data.builder_config, data.data_dir, data.manual_dir)
   # Our own decoding (not TFDS's) so that a damaged record can be skipped and counted.
-  return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+  return _prepared_builder(config).as_data_source(
+      split, decoders={"image": tfds.decode.SkipDecoding()})
 
 
 def dataset_info(config: ml_collections.ConfigDict) -> tfds.core.DatasetInfo:
   """TFDS info of the prepared dataset, e.g. `.splits["train"].num_examples`."""
-  data = config.data
-  return builders.load_builder(data.name, data.builder_config, data.data_dir,
-                               data.manual_dir).info
+  return _prepared_builder(config).info
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
   return dataset_info(config).splits[split].num_examples
 
 
+class DatasetDamagedError(RuntimeError):
+  """Too many records of a prepared dataset cannot be read or decoded; re-prepare it."""
+
+
 class RobustImages:
-  """Decoded RGB images by record index; a record that fails to decode is replaced.
+  """Decoded RGB images by record index; a record that fails to read or decode is replaced.
 
   The substitute for a bad record k is the first good record among k+1, k+2, ... (mod N): a
   function of k alone, so substitution keeps runs deterministic and resumable. Every
-  substitution is counted in `skipped` and logged (rate-limited).
+  substitution is counted in `skipped` and logged (rate-limited). A record that cannot even be
+  read (damaged storage) is substituted the same way, counted as corrupt; its shard file is
+  then read through once, and more than MAX_DAMAGED_FRACTION unreadable records in it raise
+  DatasetDamagedError naming the file and `fix`.
+
+  `shards` are (file, number of records) in record order (TFDS's split info); without them
+  the records count as one file named `what`.
   """
 
-  def __init__(self, records: Sequence[Mapping[str, object]], what: str):
+  def __init__(self, records: Sequence[Mapping[str, object]], what: str, *,
+               shards: Sequence[tuple[str, int]] = (), fix: str = "re-prepare it"):
     if not len(records):
       raise ValueError(f"{what} has no examples.")
     self._records = records
     self.skipped = decode.SkipCounter(what)
+    self._shards = list(shards) or [(what, len(records))]
+    self._shard_starts = np.cumsum([0] + [count for _, count in self._shards])
+    self._fix = fix
+    self._lock = threading.Lock()
+    self._unreadable = {}  # shard -> (unreadable record indices, over the threshold)
 
   def __len__(self) -> int:
     return len(self._records)
@@ -89,11 +112,58 @@ class RobustImages:
     for attempt in range(attempts):
       record_index = (index + attempt) % len(self._records)
       try:
-        return decode.decode_pil(self._records[record_index]["image"])
+        return decode.decode_pil(self._read(record_index))
       except decode.DecodeError as e:
         self.skipped.record(e.reason, f"record {record_index}: {e.detail}")
-    raise RuntimeError(f"{attempts} consecutive records from {index} failed to decode; the "
-                       "dataset is damaged. Re-prepare it.")
+    raise DatasetDamagedError(f"{attempts} consecutive records from {index} failed to decode; "
+                              f"the dataset is damaged: {self._fix}")
+
+  def _read(self, record_index: int) -> bytes:
+    try:
+      return self._records[record_index]["image"]
+    except Exception as error:  # pylint: disable=broad-except
+      # array_record reports damaged bytes as RuntimeError ("Corrupted Riegeli/records file:
+      # chunk data hash mismatch"), but any failure to read a record means the same.
+      shard = int(np.searchsorted(self._shard_starts, record_index, side="right")) - 1
+      self._check_shard(shard)
+      raise decode.DecodeError(decode.CORRUPT, f"unreadable in {self._shards[shard][0]} "
+                               f"({type(error).__name__}: {error})") from error
+
+  def _check_shard(self, shard: int) -> None:
+    path, count = self._shards[shard]
+    with self._lock:
+      if shard not in self._unreadable:
+        start = int(self._shard_starts[shard])
+        unreadable = []
+        for record_index in range(start, start + count):
+          try:
+            self._records[record_index]
+          except Exception:  # pylint: disable=broad-except
+            unreadable.append(record_index)
+        too_many = len(unreadable) > MAX_DAMAGED_FRACTION * count
+        self._unreadable[shard] = unreadable, too_many
+        if not too_many:
+          logging.error("%s: %d of %d records cannot be read (damaged storage): %s. Each is "
+                        "replaced by the next readable record and counted as corrupt.", path,
+                        len(unreadable), count, unreadable[:20])
+    unreadable, too_many = self._unreadable[shard]
+    if too_many:
+      raise DatasetDamagedError(
+          f"{path}: {len(unreadable)} of {count} records cannot be read, more than the "
+          f"{MAX_DAMAGED_FRACTION:.0%} that training substitutes; the prepared dataset is "
+          f"damaged: {self._fix}")
+
+
+def robust_split(config: ml_collections.ConfigDict, split: str) -> RobustImages:
+  """RobustImages over a prepared split, with its shard files and the command that rebuilds it."""
+  data = config.data
+  builder = _prepared_builder(config)
+  info = builder.info.splits[split]
+  fix = (f"delete {builder.data_dir} and prepare it again:\n  "
+         + builders.prepare_command(data.name, data.builder_config, data.data_dir,
+                                    data.manual_dir))
+  return RobustImages(open_split(config, split), f"{data.name}/{split}",
+                      shards=list(zip(map(str, info.filepaths), info.shard_lengths)), fix=fix)
 
 
 def _process_slot(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -180,8 +250,7 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, start_step: int,
   process_index, process_count = _process_slot(process_index, process_count)
   local_batch = _local_batch_size(config.train.batch_size, process_count,
                                   "config.train.batch_size")
-  images = RobustImages(open_split(config, config.data.train_split),
-                        f"{config.data.name}/{config.data.train_split}")
+  images = robust_split(config, config.data.train_split)
   batches = TrainBatches(images, config, process_index=process_index, local_batch=local_batch)
   dataset = (grain.MapDataset.range(start_step, start_step + _UNBOUNDED)
              .map(batches)
@@ -266,8 +335,7 @@ def create_eval_iterator(config: ml_collections.ConfigDict, *, mask_spec: tuple[
   process_index, process_count = _process_slot(process_index, process_count)
   local_batch = _local_batch_size(config.eval.batch_size, process_count,
                                   "config.eval.batch_size")
-  images = RobustImages(open_split(config, config.data.eval_split),
-                        f"{config.data.name}/{config.data.eval_split}")
+  images = robust_split(config, config.data.eval_split)
   if num_images > len(images):
     logging.warning("Asked for %d test images but %s has %d; using all of them.", num_images,
                     config.data.eval_split, len(images))

@@ -57,6 +57,23 @@ def prepare(name: str, builder_config: str = "", data_dir: str = "", manual_dir:
   return builder
 
 
+def ready_line(name: str, builder: tfds.core.DatasetBuilder) -> str:
+  """The command's last line: the dataset, where it is, examples and skips per split."""
+  splits = ", ".join(f"{split} {info.num_examples}"
+                     for split, info in sorted(builder.info.splits.items()))
+  skipped = (builder.info.metadata or {}).get("skipped")
+  if skipped is None:
+    skips = "skips: not counted by this builder"
+  else:
+    per_split = "; ".join(
+        f"{split}: " + ", ".join(f"{reason} {count}" for reason, count in counts.items())
+        for split, counts in sorted(skipped.items()))
+    total = sum(sum(counts.values()) for counts in skipped.values())
+    skips = f"skipped {total} ({per_split})"
+  return (f"{builders.dataset_id(name, builder)} ready at {builder.data_dir}: {splits} "
+          f"examples; {skips}")
+
+
 def _check_image_folder(manual_dir: str) -> None:
   # TFDS would only say "does not exist or is empty", without naming what it looks for.
   if not manual_dir:
@@ -73,7 +90,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   name, _, builder_config = flags.FLAGS.dataset.partition("/")
   builder = prepare(name, builder_config, flags.FLAGS.data_dir, flags.FLAGS.manual_dir)
-  print(f"{builders.dataset_id(name, builder)} ready at {builder.data_dir}")
+  print(ready_line(name, builder))
 
 
 if __name__ == "__main__":

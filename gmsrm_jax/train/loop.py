@@ -2,8 +2,10 @@
 
 import functools
 import os
+import shlex
+import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import logging
 from clu import metric_writers
@@ -13,16 +15,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gmsrm_jax import config_checks
 from gmsrm_jax import visualize
 from gmsrm_jax.data import pipeline
 from gmsrm_jax.train import checkpoint
+from gmsrm_jax.train import health
 from gmsrm_jax.train import parallel
+from gmsrm_jax.train import preemption
 from gmsrm_jax.train import state as state_lib
 from gmsrm_jax.train import tasks
-
-
-class NonFiniteLossError(FloatingPointError):
-  """A loss term became NaN/inf; the run stops before that state can be checkpointed."""
 
 
 def init_function(config: ml_collections.ConfigDict, task: tasks.Task, components: Any
@@ -41,14 +42,30 @@ def abstract_train_state(config: ml_collections.ConfigDict, task: tasks.Task, co
   return init_fn, abstract
 
 
-def restore_or_init(config, task, components, mesh, manager):
+def restore_or_init(config, task, components, mesh, manager, *, step: int | None = None,
+                    allow_config_change: Sequence[str] = ()):
   """maxtext's load order: resume from the workdir's checkpoint if any; else initialise from
   the seed with the pre-trained frozen parts the config names (loaded first, so a missing
-  file fails before any compile; placed after init, so no weight is a compiled constant)."""
+  file fails before any compile; placed after init, so no weight is a compiled constant).
+
+  Resuming restores `step` (default: the newest checkpoint that restores; damaged newer ones
+  are logged and set aside, never silently replaced by a fresh start), checks the config
+  against the checkpoint's (config_checks.check_changes) and sets aside any checkpoint newer
+  than the restored one, so that the run's next saves continue from it.
+  """
   init_fn, abstract = abstract_train_state(config, task, components, mesh)
-  restored = checkpoint.restore(manager, abstract)
+  restored = checkpoint.restore(manager, abstract, step, fallback=True)
   if restored is not None:
-    return restored[0]
+    config_checks.check_changes(
+        restored.config, config, guarded=config_checks.RESUME_GUARDED,
+        unguarded=config_checks.RESUME_UNGUARDED, allowed=allow_config_change,
+        what=f"checkpoint step {restored.step} in {manager.directory}")
+    if restored.skipped:
+      checkpoint.set_aside(manager, restored.skipped, "damaged")
+    later = sorted(s for s in manager.all_steps() if s > restored.step)
+    if later:
+      checkpoint.set_aside(manager, later, f"after_restoring_{restored.step}")
+    return restored.state
   frozen = task.load_frozen(config, abstract.frozen, parallel.replicated(mesh))
   logging.info("No checkpoint in %s: initialising from seed %d.", manager.directory, config.seed)
   state = parallel.create_sharded(init_fn, mesh)
@@ -64,11 +81,14 @@ def load_loss_networks(config: ml_collections.ConfigDict, task: tasks.Task, mesh
 
 
 def restore_run(config: ml_collections.ConfigDict, workdir: str, mesh, *,
-                step: int | None = None) -> tuple[Any, state_lib.TrainState, int]:
+                step: int | None = None, allow_config_change: Sequence[str] = ()
+                ) -> tuple[Any, state_lib.TrainState, int]:
   """(components, state, step) of a trained run, for evaluation, export and reports.
 
-  Raises FileNotFoundError (with the command to train) when the run has no checkpoint, and
-  checkpoint.CheckpointMismatchError when it does not fit the config's model.
+  Raises FileNotFoundError (with the command to train) when the run has no checkpoint,
+  checkpoint.CheckpointMismatchError when it does not fit the config's model,
+  checkpoint.CheckpointDamagedError (naming the step and the others) when it cannot be read,
+  and config_checks.ConfigChangeError when the config's model fields differ from the saved.
   """
   task = tasks.get(config)
   components = task.create_components(config)
@@ -79,14 +99,11 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str, mesh, *,
     raise FileNotFoundError(
         f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}. Train first: python train.py "
         f"--config=<the same config> --workdir={workdir}")
-  return components, *restored
-
-
-def check_finite(metrics: dict[str, Any], step: int) -> None:
-  for name, value in metrics.items():
-    if name.startswith("loss/") and not np.all(np.isfinite(value)):
-      raise NonFiniteLossError(f"Non-finite loss at step {step}: {name} = {float(value)}. "
-                               "Stopping before the state is checkpointed.")
+  config_checks.check_changes(
+      restored.config, config, guarded=config_checks.INFERENCE_GUARDED,
+      unguarded=config_checks.RESUME_UNGUARDED, allowed=allow_config_change,
+      what=f"checkpoint step {restored.step} of {workdir}")
+  return components, restored.state, restored.step
 
 
 def split_for_writer(means: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, Any]]:
@@ -112,8 +129,17 @@ def _write_samples(writer, workdir: str, step: int, grid: np.ndarray) -> None:
     visualize.save_png(grid, os.path.join(workdir, "samples", f"step_{step:08d}.png"))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
-  """Trains `config` in `workdir`, resuming from the latest complete checkpoint there."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       step: int | None = None, allow_config_change: Sequence[str] = ()
+                       ) -> state_lib.TrainState:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint that restores (or from
+  `step`; see restore_or_init for what `allow_config_change` permits).
+
+  Raises health.NonFiniteError when a loss term or the state becomes non-finite (nothing from
+  that step on is saved), and preemption.Stopped (a SystemExit with preemption.EXIT_CODE)
+  after saving the current step when SIGTERM/SIGINT arrives.
+  """
+  config_checks.validate(config)
   workdir = os.path.abspath(workdir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.batch_size, mesh)
@@ -121,49 +147,76 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   components = task.create_components(config)
   loss_networks = load_loss_networks(config, task, mesh)  # Fails fast on a missing file.
   manager = checkpoint.create_manager(workdir, max_to_keep=config.train.max_to_keep)
-  state = restore_or_init(config, task, components, mesh, manager)
+  # The handlers stay ours until the last save is written: a signal after the last step
+  # must not kill that save (the run then simply finishes).
+  with preemption.StopRequests(jax.process_count()) as stop:
+    try:
+      state = restore_or_init(config, task, components, mesh, manager, step=step,
+                              allow_config_change=allow_config_change)
+      return _train(config, workdir, task, components, mesh, manager, state, loss_networks,
+                    stop)
+    finally:
+      # Whatever ends the run (an error, a signal), a save in flight is completed: its state
+      # was checked finite before the save began.
+      manager.close()
+
+
+def _train(config, workdir, task, components, mesh, manager, state, loss_networks, stop
+           ) -> state_lib.TrainState:
   start_step = int(state.step)
   num_steps = config.train.num_steps
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
-    writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
+    writer.write_hparams({k: str(v) for k, v in config_checks.flatten(config.to_dict()).items()})
+
+  def step_with_health(state, batch, loss_networks, device_health):
+    new_state, metrics = task.train_step(components, config, state, batch, loss_networks)
+    return new_state, metrics, health.update(device_health, metrics, new_state)
 
   replicated = parallel.replicated(mesh)
-  train_step = jax.jit(functools.partial(task.train_step, components, config),
-                       in_shardings=(replicated, parallel.batch_sharded(mesh), replicated),
-                       out_shardings=(replicated, replicated), donate_argnums=0)
+  train_step = jax.jit(step_with_health,
+                       in_shardings=(replicated, parallel.batch_sharded(mesh), replicated,
+                                     replicated),
+                       out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 3))
   sample = task.make_sampler(components, config, mesh)
 
-  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                                    every_secs=None, every_steps=config.train.log_every)
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=num_steps, writer=writer, every_secs=None,
+      every_steps=config.train.log_every)
   train_iter = pipeline.create_train_iterator(config, start_step=start_step)
   logging.info("Training steps %d -> %d on %d device(s), %d process(es).", start_step, num_steps,
                mesh.devices.size, jax.process_count())
 
+  device_health = jax.device_put(health.initial(state), replicated)
+  last_check, last_checkpoint = start_step, (start_step or None)
   summed, summed_count = None, 0
-  previous = None  # (step, device metrics) checked one step late to keep dispatch async.
   interval_start, interval_steps = time.perf_counter(), 0
   for step in range(start_step, num_steps):
     batch = parallel.global_batch(next(train_iter), mesh)
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      state, metrics = train_step(state, batch, loss_networks)
-    if previous is not None:
-      check_finite(jax.device_get(previous[1]), previous[0])
-    previous = (step + 1, metrics)
+      state, metrics, device_health = train_step(state, batch, loss_networks, device_health)
     summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
     summed_count += 1
     interval_steps += 1
     done = step + 1
     report_progress(done)
 
+    stop_reason = stop.requested(manager, done)
     is_last = done == num_steps
-    if done % config.train.log_every == 0 or is_last:
-      host = jax.device_get(summed)
-      check_finite(host, done)
+    log_now = done % config.train.log_every == 0 or is_last
+    save_now = done % config.train.checkpoint_every == 0 or is_last or stop_reason
+    # The only reads of device values: at log and checkpoint steps, which wait anyway.
+    if log_now or save_now:
+      health.check(jax.device_get(device_health), state, checked_through=done,
+                   last_check=last_check, last_checkpoint=last_checkpoint,
+                   summed_metrics=summed)
+      last_check = done
+
+    if log_now:
       elapsed = time.perf_counter() - interval_start
       scalars, images = split_for_writer({k: np.asarray(v) / summed_count
-                                          for k, v in host.items()})
+                                          for k, v in jax.device_get(summed).items()})
       scalars["perf/img_per_sec"] = interval_steps * config.train.batch_size / elapsed
       writer.write_scalars(done, scalars)
       if images:
@@ -174,25 +227,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     if done % config.train.sample_every == 0 or is_last:
       _write_samples(writer, workdir, done, sample(state))
 
-    preempted = manager.reached_preemption(done)
-    if done % config.train.checkpoint_every == 0 or is_last or preempted:
-      check_finite(jax.device_get(metrics), done)
+    if save_now:
       with report_progress.timed("checkpoint"):
         checkpoint.save(manager, done, state, config, force=True)
-      if preempted:
-        logging.warning("Preemption signal at step %d: checkpoint saved, stopping.", done)
-        break
+      last_checkpoint = done
+    if stop_reason:
+      manager.wait_until_finished()
+      writer.flush()
+      message = (f"Stopped by {stop_reason} after step {done}: checkpoint {done} is saved in "
+                 f"{manager.directory}. Resume by running the same command again: "
+                 f"{shlex.join(['python', *sys.argv])}")
+      logging.warning("%s", message)
+      raise preemption.Stopped(message)
   manager.wait_until_finished()
   writer.flush()
   return state
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{name}."))
-    else:
-      flat[name] = value
-  return flat

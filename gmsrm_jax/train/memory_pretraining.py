@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from gmsrm_jax import config_checks
 from gmsrm_jax import visualize
 from gmsrm_jax.data import pipeline
 from gmsrm_jax.stylegan import layers
@@ -408,14 +409,15 @@ def export_state(config: ml_collections.ConfigDict, state: state_lib.TrainState,
 
 
 def export_and_report(config: ml_collections.ConfigDict, workdir: str,
-                      memory_dir: str | None = None, report_images: int = 256
-                      ) -> dict[str, Any]:
-  """The stage-1 command: export the latest checkpoint (default to <workdir>/memory), then
-  write <workdir>/report.{json,png} (`fidelity_report`)."""
+                      memory_dir: str | None = None, report_images: int = 256, *,
+                      step: int | None = None) -> dict[str, Any]:
+  """The stage-1 command: export the latest checkpoint (or `step`; default to
+  <workdir>/memory), then write <workdir>/report.{json,png} (`fidelity_report`)."""
   from gmsrm_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config_checks.validate(config)
   workdir = os.path.abspath(workdir)
   mesh = parallel.make_mesh()
-  components, state, _ = loop.restore_run(config, workdir, mesh)
+  components, state, _ = loop.restore_run(config, workdir, mesh, step=step)
   path = export_state(config, state, memory_dir or os.path.join(workdir, "memory"))
   initial = parallel.create_sharded(loop.init_function(config, TASK, components), mesh)
   report, grid = fidelity_report(components, config, initial, state, report_images)
@@ -428,7 +430,6 @@ def export_and_report(config: ml_collections.ConfigDict, workdir: str,
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from gmsrm_jax import cli  # pylint: disable=g-import-not-at-top
 
@@ -440,8 +441,9 @@ if __name__ == "__main__":
   def main(argv):
     del argv
     config, workdir = cli.setup()
-    report = export_and_report(config, workdir, _MEMORY_DIR.value, _REPORT_IMAGES.value)
+    report = export_and_report(config, workdir, _MEMORY_DIR.value, _REPORT_IMAGES.value,
+                               step=cli.STEP.value)
     print(json.dumps({k: report[k] for k in ("step", "memory_dir", "distance_to_data")},
                      indent=2))
 
-  app.run(main)
+  cli.run(main)
