@@ -47,8 +47,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, compare: tuple[str, ...
     config.model.memory.path = report["memory_dir"]
 
   rows = {config.eval.method_name or config.model.name: (config, workdir)}
+  from configs import gmsrm as gmsrm_configs  # pylint: disable=g-import-not-at-top
   for ablation in compare:
-    from configs import gmsrm as gmsrm_configs  # pylint: disable=g-import-not-at-top
     row = ml_collections.ConfigDict(config.to_dict())
     gmsrm_configs.ABLATIONS[ablation](row)
     row.eval.method_name = ablation

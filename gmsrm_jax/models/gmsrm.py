@@ -238,11 +238,10 @@ def load_frozen(model_config: ml_collections.ConfigDict, abstract_frozen: Any, s
     raise FileNotFoundError("config.model.memory.path is empty: GM-SRM stage 2 needs the "
                             "stage-1 generative memory export. " + stage1_commands(path))
   try:
-    memory_lib.read_info(path)
+    frozen = memory_lib.load_memory(path, model_config.memory.architecture, sharding=sharding)
   except FileNotFoundError:
     raise FileNotFoundError(f"No generative memory export at {path}. "
                             + stage1_commands(path)) from None
-  frozen = memory_lib.load_memory(path, model_config.memory.architecture, sharding=sharding)
   loaded = {"synthesis": frozen.synthesis_params, "w_avg": frozen.w_avg}
   flat = flax.traverse_util.flatten_dict(abstract_frozen)
   prefixes = {key[:key.index(MEMORY_MODULE) + 1] for key in flat}
