@@ -39,6 +39,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.masks = ml_collections.ConfigDict()
   config.masks.irregular_prob = 0.5
   config.masks.hole_ratio_range = (0.0, 0.6)  # Rejection-sample masks into this range.
+  # "natural": one draw, rejected until in range (mean ratio ~0.17, none above 0.5);
+  # "overlay": draws overlaid up to a target ratio drawn uniformly in the range (mean ~0.38).
+  # gmsrm_jax/masks/sampling.py training_mask.
+  config.masks.ratio_sampling = "natural"
   config.masks.free_form = ml_collections.ConfigDict()
   config.masks.free_form.max_strokes = 8
   config.masks.free_form.max_vertices = 12
@@ -55,6 +59,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.model.encoder_channels = (64, 128, 256, 512)  # One stride-2 residual block each.
   config.model.stem_channels = 32
   config.model.ca_reduction = 16  # Squeeze-excitation reduction of the channel attention.
+  # The stem's full-resolution features beside the decoder's at the output conv.
+  config.model.output_skip = True
+  # "zero": holes zeroed in the input (eq. 1); "pyramid": filled by a smooth push-pull
+  # completion first (models/base.py network_input). residual_output: predict a correction
+  # of that fill instead of the image (needs "pyramid"). docs/QUALITY.md measures both.
+  config.model.hole_fill = "zero"
+  config.model.residual_output = False
 
   # Discriminator: spectral-normalised conditional PatchGAN (eqs. 12-13).
   config.disc = ml_collections.ConfigDict()
@@ -72,11 +83,19 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.optim.b1 = 0.9  # Paper says only "Adam": PyTorch defaults (DESIGN.md).
   config.optim.b2 = 0.999
   config.optim.d_learning_rate = 2e-4
+  # "constant" (the papers) or "cosine": warm-up, then decay to final_lr_fraction x the rate at
+  # train.num_steps, for both G and D (train/state.py learning_rate).
+  config.optim.schedule = "constant"
+  config.optim.warmup_steps = 0
+  config.optim.final_lr_fraction = 0.0
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 8  # Global batch, split over all devices of all processes.
   config.train.num_steps = 1_000_000
   config.train.ema_decay = 0.999
+  # Decay min(ema_decay, (1 + t) / (10 + t)) at step t (train/step.py ema_decay_at), so a short
+  # run's EMA is not mostly its random initialisation (docs/QUALITY.md).
+  config.train.ema_warmup = True
   config.train.log_every = 100
   config.train.sample_every = 5000
   config.train.checkpoint_every = 5000
@@ -97,6 +116,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # mask settings are evaluated in addition to the ones above.
   config.eval.tables = ()
   config.eval.method_name = ""  # Row label in those tables; "" -> config.model.name.
+  # Classical inpainting run on the same images and masks, as rows beside the model
+  # (gmsrm_jax/baselines.py: "telea", "navier_stokes", "biharmonic"). Off here: biharmonic
+  # costs ~1 s per 256x256 image on one core, hours for 1000 images x 7 mask settings.
+  config.eval.baselines = ()
   # Converted weights (docs/WEIGHTS.md). "" -> LPIPS / FID reported as unavailable.
   config.eval.lpips_weights = ""
   config.eval.lpips_net = "alex"  # LPIPS backbone: "alex" (the LPIPS default) or "vgg".
@@ -114,6 +137,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.train.sample_every = 500
     config.train.checkpoint_every = 500
     config.eval.num_images = 64
+    config.eval.baselines = ("telea", "navier_stokes", "biharmonic")  # ~30 s in all.
   elif variant == "tiny":
     _shrink(config, image=32, resize=36, widths=(8, 16), stem=8, disc=(8, 16),
             steps=4, batch=8)

@@ -69,8 +69,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.resize_shorter": _POSITIVE_INT,
     "masks.irregular_prob": _PROBABILITY,
     "masks.hole_ratio_range": _RATIO_RANGE,
+    "model.hole_fill": ((lambda v: v in ("zero", "pyramid")), '"zero" or "pyramid"'),
+    "masks.ratio_sampling": ((lambda v: v in ("natural", "overlay")), '"natural" or "overlay"'),
     "optim.learning_rate": _NON_NEGATIVE,
     "optim.d_learning_rate": _NON_NEGATIVE,
+    "optim.schedule": ((lambda v: v in ("constant", "cosine")), '"constant" or "cosine"'),
+    "optim.warmup_steps": _NON_NEGATIVE_INT,
+    "optim.final_lr_fraction": _NON_NEGATIVE,
     "optim.b1": _ADAM_BETA,
     "optim.b2": _ADAM_BETA,
     "loss.r1_interval": _POSITIVE_INT,
@@ -88,6 +93,15 @@ RESUME_UNGUARDED = (
     "data.eval_split",  # Not read by training.
 )
 INFERENCE_GUARDED = ("task", "model.")
+# Fields added after checkpoints were written, with the value that reproduces how those
+# checkpoints were made: a stored config without the field reads as having this value.
+ADDED_FIELDS = {
+    "masks.ratio_sampling": "natural",
+    "train.ema_warmup": False,
+    "model.output_skip": True,
+    "model.hole_fill": "zero",
+    "model.residual_output": False,
+}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -137,7 +151,7 @@ def check_changes(stored: dict[str, Any], config: ml_collections.ConfigDict, *,
 
   `stored` is the checkpoint's config (`as_json` form); `what` says which checkpoint.
   """
-  before, after = flatten(stored), flatten(as_json(config))
+  before, after = {**ADDED_FIELDS, **flatten(stored)}, flatten(as_json(config))
   allowed = tuple(a[:-1] if a.endswith(".*") else a for a in allowed)
   unknown = [a for a in allowed if not any(_matches(n, [a]) for n in {*before, *after})]
   if unknown:

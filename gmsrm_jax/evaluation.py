@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from gmsrm_jax import baselines as baselines_lib
 from gmsrm_jax import config_checks
 from gmsrm_jax import metrics as metrics_lib
 from gmsrm_jax import visualize
@@ -151,9 +152,8 @@ def _to_unit(images):
   return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
 
 
-def batch_metrics(components, lpips_net, fid_size, variables, lpips_params, fid_params, batch):
-  """Composited output, per-metric sums over real rows, their count, output FID features."""
-  output = step_lib.predict(components, variables, batch["image"], batch["mask"])
+def output_metrics(lpips_net, fid_size, lpips_params, fid_params, output, batch):
+  """Per-metric sums over the real rows of a completed batch, their count, FID features."""
   values = metrics_lib.compute_all(_to_unit(output), _to_unit(batch["image"]))
   if lpips_params is not None:
     # LPIPS takes [-1, 1] images; the output is clipped to that range like the metrics' inputs.
@@ -164,12 +164,52 @@ def batch_metrics(components, lpips_net, fid_size, variables, lpips_params, fid_
   features = None
   if fid_params is not None:
     features = inception.fid_features(fid_params, 2.0 * _to_unit(output) - 1.0, fid_size)
-  return output, sums, jnp.sum(weight), features, weight
+  return sums, jnp.sum(weight), features
+
+
+def batch_metrics(components, lpips_net, fid_size, variables, lpips_params, fid_params, batch):
+  """The model's composited output, then `output_metrics` of it (and the batch's weights)."""
+  output = step_lib.predict(components, variables, batch["image"], batch["mask"])
+  sums, count, features = output_metrics(lpips_net, fid_size, lpips_params, fid_params,
+                                         output, batch)
+  return output, sums, count, features, batch["weight"]
+
+
+class _Totals:
+  """One method's running metric sums, FID statistics and first batch over one setting."""
+
+  def __init__(self, with_fid: bool):
+    self.sums, self.count, self.first_output = None, 0.0, None
+    self.fake_stats = fid_lib.FeatureStatistics(inception.FEATURE_DIM) if with_fid else None
+
+  def add(self, output, sums, count, features, weight) -> None:
+    sums = jax.device_get(sums)
+    self.sums = sums if self.sums is None else {k: self.sums[k] + sums[k] for k in sums}
+    self.count += float(count)
+    if self.fake_stats is not None:
+      self.fake_stats.update(jax.device_get(features), jax.device_get(weight))
+    if self.first_output is None:
+      self.first_output = np.asarray(multihost_utils.process_allgather(output, tiled=True))
+
+  def results(self, real_stats, unavailable: dict[str, str]) -> dict[str, Any]:
+    column_results = {key: float(self.sums[key] / self.count) if key in self.sums else None
+                      for _, key, _ in METRICS}
+    if self.fake_stats is not None:
+      if self.fake_stats.count < 2:
+        unavailable["fid"] = (f"FID needs at least 2 images per setting, have "
+                              f"{self.fake_stats.count}")
+      else:
+        column_results["fid"] = fid_lib.fid_from_statistics(real_stats, self.fake_stats)
+    column_results["images"] = int(self.count)
+    return column_results
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
-             allow_config_change: Sequence[str] = ()) -> dict[str, Any]:
+             allow_config_change: Sequence[str] = (), out_dir: str | None = None
+             ) -> dict[str, Any]:
   """Restores the checkpoint (latest by default) and evaluates it; returns the results.
+
+  Files go to `out_dir` (default <workdir>/eval).
 
   The config's model fields must match the checkpoint's (loop.restore_run); a damaged
   checkpoint is an error naming its step and the others to choose from with `step`.
@@ -183,6 +223,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.eval.batch_size, mesh)
   settings = mask_settings(config.eval)  # Unknown table names fail before any work.
+  baseline_names = tuple(config.eval.get("baselines", ()))
+  baselines_lib.check_names(baseline_names)
   networks = load_feature_networks(config.eval, mesh)
   components, state, step = loop.restore_run(config, workdir, mesh, step=step,
                                              allow_config_change=allow_config_change)
@@ -195,54 +237,56 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
       functools.partial(inception.fid_features, image_size=config.eval.fid_image_size),
       out_shardings=replicated)
 
+  evaluate_output = jax.jit(
+      functools.partial(output_metrics, config.eval.lpips_net, config.eval.fid_image_size),
+      out_shardings=replicated)
   results: dict[str, dict[str, Any]] = {}
+  # method -> column -> metrics: classical inpainting on the same images and masks.
+  baseline_results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in baseline_names}
   unavailable = dict(networks.unavailable)
-  out_dir = os.path.join(workdir, "eval")
+  out_dir = out_dir or os.path.join(workdir, "eval")
+  with_fid = networks.fid_params is not None
   # Every setting completes the same test images (only the masks differ), so the real
   # images' statistics are gathered once, during the first setting.
   real_stats = None
   for column, mask_spec in settings:
-    sums, count, first = None, 0.0, None
-    fake_stats = collect_real = None
-    if networks.fid_params is not None:
-      fake_stats = fid_lib.FeatureStatistics(inception.FEATURE_DIM)
-      if real_stats is None:
-        real_stats = collect_real = fid_lib.FeatureStatistics(inception.FEATURE_DIM)
+    totals = {name: _Totals(with_fid) for name in ("model", *baseline_names)}
+    collect_real = None
+    if with_fid and real_stats is None:
+      real_stats = collect_real = fid_lib.FeatureStatistics(inception.FEATURE_DIM)
+    first = None
     for local_batch in pipeline.create_eval_iterator(config, mask_spec=mask_spec,
                                                      num_images=config.eval.num_images):
       batch = parallel.global_batch(local_batch, mesh)
-      output, batch_sums, batch_count, features, weight = evaluate_batch(
-          variables, networks.lpips_params, networks.fid_params, batch)
-      batch_sums = jax.device_get(batch_sums)
-      sums = batch_sums if sums is None else {k: sums[k] + batch_sums[k] for k in sums}
-      count += float(batch_count)
-      if fake_stats is not None:
-        weight = jax.device_get(weight)
-        fake_stats.update(jax.device_get(features), weight)
-        if collect_real is not None:
-          collect_real.update(jax.device_get(real_features(networks.fid_params,
-                                                           batch["image"])), weight)
+      totals["model"].add(*evaluate_batch(variables, networks.lpips_params,
+                                          networks.fid_params, batch))
+      for name in baseline_names:
+        # Each process completes its own rows on the host; the metrics run as for the model.
+        output = parallel.global_batch(
+            {"output": baselines_lib.inpaint(name, local_batch["image"], local_batch["mask"])},
+            mesh)["output"]
+        totals[name].add(output, *evaluate_output(networks.lpips_params, networks.fid_params,
+                                                  output, batch), batch["weight"])
+      if collect_real is not None:
+        collect_real.update(jax.device_get(real_features(networks.fid_params, batch["image"])),
+                            jax.device_get(batch["weight"]))
       if first is None:
-        first = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
-                 for k, v in {"image": batch["image"], "mask": batch["mask"],
-                              "output": output}.items()}
-    column_results = {key: float(sums[key] / count) if key in sums else None
-                      for _, key, _ in METRICS}
-    if fake_stats is not None:
-      if fake_stats.count < 2:
-        unavailable["fid"] = f"FID needs at least 2 images per setting, have {fake_stats.count}"
-      else:
-        column_results["fid"] = fid_lib.fid_from_statistics(real_stats, fake_stats)
-    column_results["images"] = int(count)
-    results[column] = column_results
+        first = {k: np.asarray(multihost_utils.process_allgather(batch[k], tiled=True))
+                 for k in ("image", "mask")}
+    results[column] = totals["model"].results(real_stats, unavailable)
+    for name in baseline_names:
+      baseline_results[name][column] = totals[name].results(real_stats, unavailable)
     if jax.process_index() == 0:
-      grid = visualize.inpainting_grid(first["image"], first["mask"], first["output"])
+      grid = visualize.inpainting_grid(
+          first["image"], first["mask"],
+          *(totals[name].first_output for name in ("model", *baseline_names)))
       visualize.save_png(grid, os.path.join(out_dir, f"samples_{_slug(column)}.png"))
     logging.info("Eval %s: %s", column, results[column])
   # A metric is unavailable everywhere or nowhere.
   for key in unavailable:
-    for column_results in results.values():
-      column_results[key] = None
+    for method_results in (results, *baseline_results.values()):
+      for column_results in method_results.values():
+        column_results[key] = None
 
   notes = {}  # metric -> a caveat printed under every table that shows it.
   if "fid" not in unavailable and config.eval.fid_image_size != inception.FID_IMAGE_SIZE:
@@ -252,14 +296,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
   tables = {}
   if jax.process_index() == 0:
     label = "EMA" if config.eval.use_ema else "raw"
-    write_tables(results, step, out_dir, weights=label, unavailable=unavailable, notes=notes)
+    write_tables(results, step, out_dir, weights=label, unavailable=unavailable, notes=notes,
+                 baselines=baseline_results)
     method = config.eval.method_name or config.model.name
     for name in config.eval.tables:
       tables[name] = write_paper_table(name, results, step, out_dir, method=method,
-                                       unavailable=unavailable, notes=notes)
+                                       unavailable=unavailable, notes=notes,
+                                       baselines=baseline_results)
     if real_stats is not None and real_stats.count >= 2:
       real_stats.save(os.path.join(out_dir, "fid_real_stats.npz"))
-  return {"step": step, "results": results, "unavailable": unavailable, "tables": tables}
+  return {"step": step, "results": results, "baselines": baseline_results,
+          "unavailable": unavailable, "tables": tables}
 
 
 def _slug(column: str) -> str:
@@ -282,13 +329,15 @@ def _footer(unavailable: dict[str, str], notes: dict[str, str]) -> list[str]:
 
 def write_tables(results: dict[str, dict[str, Any]], step: int, out_dir: str, weights: str,
                  unavailable: dict[str, str] | None = None,
-                 notes: dict[str, str] | None = None) -> None:
-  """metrics.{json,csv,md}: every metric (rows) x every evaluated setting (columns)."""
-  unavailable, notes = unavailable or {}, notes or {}
+                 notes: dict[str, str] | None = None,
+                 baselines: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
+  """metrics.{json,csv,md}: every metric (rows) x every evaluated setting (columns), then the
+  classical baselines (`baselines[method][column]`) beside the model."""
+  unavailable, notes, baselines = unavailable or {}, notes or {}, baselines or {}
   os.makedirs(out_dir, exist_ok=True)
   columns = list(results)
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-    json.dump({"step": step, "weights": weights, "results": results,
+    json.dump({"step": step, "weights": weights, "results": results, "baselines": baselines,
                "unavailable": unavailable, "notes": notes}, f, indent=2)
   with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
     writer = csv.writer(f)
@@ -296,6 +345,9 @@ def write_tables(results: dict[str, dict[str, Any]], step: int, out_dir: str, we
     for name, key, _ in METRICS:
       writer.writerow([name, *(_csv(results[c][key]) for c in columns)])
     writer.writerow(["images", *(results[c]["images"] for c in columns)])
+    for method, method_results in baselines.items():
+      for name, key, _ in METRICS:
+        writer.writerow([f"{name} [{method}]", *(_csv(method_results[c][key]) for c in columns)])
   lines = [f"Evaluation at step {step} ({weights} weights); composited outputs.", "",
            "| Metric | " + " | ".join(columns) + " |",
            "|---|" + "---|" * len(columns)]
@@ -304,11 +356,40 @@ def write_tables(results: dict[str, dict[str, Any]], step: int, out_dir: str, we
     lines.append(f"| {name} {arrow} | " + " | ".join(_fmt(key, results[c][key]) for c in columns)
                  + " |")
   lines.append("| images | " + " | ".join(str(results[c]["images"]) for c in columns) + " |")
+  if baselines:
+    lines += [""] + comparison_table(results, baselines, f"model ({weights})")
   footer = _footer(unavailable, notes)
   if footer:
     lines += [""] + footer
   with open(os.path.join(out_dir, "metrics.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
+
+
+def comparison_table(results: dict[str, dict[str, Any]],
+                     baselines: dict[str, dict[str, dict[str, Any]]], model_label: str
+                     ) -> list[str]:
+  """Markdown lines: PSNR / SSIM of the model and each classical method per setting (the best
+  in bold), and the model's PSNR margin over the best classical method."""
+  columns = list(results)
+  rows = {model_label: results,
+          **{baselines_lib.DISPLAY_NAMES[m]: r for m, r in baselines.items()}}
+  best = {c: {key: max(r[c][key] for r in rows.values()) for key in ("psnr", "ssim")}
+          for c in columns}
+
+  def cell(method_results, column):
+    return " / ".join(
+        (f"**{_fmt(key, v)}**" if v == best[column][key] else _fmt(key, v))
+        for key in ("psnr", "ssim") for v in [method_results[column][key]])
+
+  lines = ["Against classical inpainting on the same images and masks (PSNR ↑ / SSIM ↑):", "",
+           "| Method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+  lines += [f"| {label} | " + " | ".join(cell(r, c) for c in columns) + " |"
+            for label, r in rows.items()]
+  margins = [results[c]["psnr"] - max(r[c]["psnr"] for r in baselines.values())
+             for c in columns]
+  lines.append("| model − best classical, PSNR (dB) | "
+               + " | ".join(f"{m:+.2f}" for m in margins) + " |")
+  return lines
 
 
 def _csv(value: float | None) -> str:
@@ -353,18 +434,28 @@ def paper_table(name: str, results: dict[str, dict[str, Any]], method: str
 
 def write_paper_table(name: str, results: dict[str, dict[str, Any]], step: int, out_dir: str,
                       *, method: str, unavailable: dict[str, str],
-                      notes: dict[str, str] | None = None) -> str:
-  """table_<name>.{md,csv,json} in the layout of that paper table; returns the .md path."""
+                      notes: dict[str, str] | None = None,
+                      baselines: dict[str, dict[str, dict[str, Any]]] | None = None) -> str:
+  """table_<name>.{md,csv,json} in the layout of that paper table, the model's row(s) first,
+  then the classical baselines' (`baselines[method][column]`); returns the .md path."""
   layout = TABLES[name]
   header, rows, values = paper_table(name, results, method)
+  baseline_values = {}
+  per_method_rows = [rows]
+  for baseline, baseline_results in (baselines or {}).items():
+    _, baseline_rows, baseline_values[baseline] = paper_table(
+        name, baseline_results, baselines_lib.DISPLAY_NAMES[baseline])
+    per_method_rows.append(baseline_rows)
+  # One row per metric (Tables I, II): each metric's methods together, as the papers print.
+  rows = [row for group in zip(*per_method_rows) for row in group]
   base = os.path.join(out_dir, f"table_{name}")
   relevant = {k: v for k, v in unavailable.items() if k in layout.metrics}
   notes = {k: v for k, v in (notes or {}).items() if k in layout.metrics}
   images = {label: results[_column(spec)]["images"] for label, spec in layout.settings}
   with open(base + ".json", "w") as f:
     json.dump({"table": name, "title": layout.title, "step": step, "method": method,
-               "values": values, "images": images, "unavailable": relevant,
-               "notes": notes}, f, indent=2)
+               "values": values, "baselines": baseline_values, "images": images,
+               "unavailable": relevant, "notes": notes}, f, indent=2)
   with open(base + ".csv", "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(header)

@@ -1,4 +1,4 @@
-"""Sample grids: one row per example, columns masked input / output / ground truth."""
+"""Sample grids: one row per example, columns masked input / output(s) / ground truth."""
 
 import os
 
@@ -8,14 +8,16 @@ from PIL import Image
 from gmsrm_jax.data.preprocess import to_uint8
 
 
-def inpainting_grid(image: np.ndarray, mask: np.ndarray, output: np.ndarray,
+def inpainting_grid(image: np.ndarray, mask: np.ndarray, *outputs: np.ndarray,
                     max_rows: int = 8, pad: int = 2) -> np.ndarray:
-  """uint8 [rows*(H+pad), 3*(W+pad), 3]. Holes in the input are shown white."""
-  image, mask, output = (np.asarray(a)[:max_rows] for a in (image, mask, output))
+  """uint8 [rows*(H+pad), (2 + len(outputs))*(W+pad), 3]: masked input, each output (e.g. the
+  model, then classical baselines), ground truth. Holes in the input are shown white."""
+  image, mask = (np.asarray(a)[:max_rows] for a in (image, mask))
   masked = image * (1.0 - mask) + mask
-  columns = [to_uint8(masked), to_uint8(output), to_uint8(image)]
+  columns = [to_uint8(masked), *(to_uint8(np.asarray(o)[:max_rows]) for o in outputs),
+             to_uint8(image)]
   n, h, w, _ = image.shape
-  grid = np.full((n * (h + pad), 3 * (w + pad), 3), 255, np.uint8)
+  grid = np.full((n * (h + pad), len(columns) * (w + pad), 3), 255, np.uint8)
   for row in range(n):
     for col, tiles in enumerate(columns):
       y, x = row * (h + pad), col * (w + pad)

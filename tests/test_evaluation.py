@@ -13,10 +13,13 @@ import os
 from flax import traverse_util
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from configs import base as base_config
+from gmsrm_jax import baselines
 from gmsrm_jax import evaluation
+from gmsrm_jax import metrics
 from gmsrm_jax import weights
 from gmsrm_jax.data import pipeline
 from gmsrm_jax.features import fid
@@ -163,3 +166,41 @@ def test_paper_tables_never_show_unavailable_as_zero(tmp_path):
   saved = json.load(open(tmp_path / "table_gmsrm_table1.json"))
   assert saved["values"]["lpips"]["20-30%"] is None
   assert saved["unavailable"] == {"lpips": "no LPIPS weights"}
+
+
+def test_classical_baselines_on_the_same_images_and_masks(tiny_data_dir, checkpointed):
+  methods = ("telea", "navier_stokes", "biharmonic")
+  config = _config(tiny_data_dir, baselines=methods, tables=("gmsrm_table2",),
+                   method_name="Base model")
+  out = evaluation.evaluate(config, checkpointed)
+  # Recomputed by hand: the pipeline's test images and masks, each method, PSNR of real rows.
+  spec = ("center", 0.5)
+  batches = list(pipeline.create_eval_iterator(config, mask_spec=spec, num_images=6))
+  for method in methods:
+    psnrs = []
+    for batch in batches:
+      completed = baselines.inpaint(method, batch["image"], batch["mask"])
+      known = np.broadcast_to(batch["mask"] == 0, completed.shape)
+      assert np.array_equal(completed[known], batch["image"][known])  # Composited.
+      assert not np.array_equal(completed, batch["image"])  # Something was filled in.
+      real = batch["weight"] > 0
+      psnrs.append(np.asarray(metrics.psnr((completed[real] + 1) / 2,
+                                           (batch["image"][real] + 1) / 2)))
+    result = out["baselines"][method]["center 50%"]
+    assert result["images"] == 6 and result["lpips"] is None
+    np.testing.assert_allclose(result["psnr"], np.mean(np.concatenate(psnrs)), rtol=1e-5)
+  eval_dir = os.path.join(checkpointed, "eval")
+  text = open(os.path.join(eval_dir, "metrics.md")).read()
+  assert "| biharmonic (scikit-image) |" in text and "model − best classical, PSNR" in text
+  rows = {row[0]: row[1:] for row in csv.reader(open(os.path.join(eval_dir, "metrics.csv")))}
+  assert float(rows["PSNR [telea]"][0]) == pytest.approx(out["baselines"]["telea"]["20-30%"]
+                                                         ["psnr"], rel=1e-5)
+  # Paper tables: every metric's rows, the model first, then each classical method.
+  lines = open(out["tables"]["gmsrm_table2"]).read().splitlines()
+  assert [line.split(" | ")[1] for line in lines[4:8]] == [
+      "Base model", "Telea (OpenCV)", "Navier-Stokes (OpenCV)", "biharmonic (scikit-image)"]
+  # Sample grid columns: masked input, model, the three methods, ground truth.
+  grid = np.asarray(Image.open(os.path.join(eval_dir, "samples_center_50.png")))
+  assert grid.shape[1] == 6 * (config.data.crop_size + 2)
+  with pytest.raises(ValueError, match="Unknown config.eval.baselines entries \\['opencv'\\]"):
+    evaluation.evaluate(_config(tiny_data_dir, baselines=("opencv",)), checkpointed)

@@ -225,6 +225,21 @@ def test_training_masks_respect_the_hole_ratio_range_and_mix_both_kinds():
   assert 0.1 < rectangular / 200 < 0.5  # ~ (1 - irregular_prob) * P(one box) ~ 0.5 / 3 + overlaps.
 
 
+def test_overlay_sampling_reaches_the_large_ratios_the_tests_use():
+  natural, overlay = _base_mask_config(), _base_mask_config()
+  overlay.ratio_sampling = "overlay"
+  ratios = {}
+  for name, config in (("natural", natural), ("overlay", overlay)):
+    ratios[name] = np.array([masks.hole_ratio(masks.training_mask(
+        config, 64, seed=0, step=i // 8, index=i % 8)) for i in range(160)])
+  assert np.all((ratios["overlay"] > 0) & (ratios["overlay"] <= 0.6))
+  # The natural sampler almost never passes 40% holes; overlaying puts >= 30% of masks there.
+  assert np.mean(ratios["natural"] > 0.4) < 0.05 < 0.3 < np.mean(ratios["overlay"] > 0.4)
+  assert np.mean(ratios["overlay"] <= 0.3) > 0.2  # Small and medium holes still occur.
+  again = masks.training_mask(overlay, 64, seed=0, step=3, index=5)
+  assert np.array_equal(again, masks.training_mask(overlay, 64, seed=0, step=3, index=5))
+
+
 @pytest.mark.parametrize("irregular_prob", [0.0, 1.0])
 def test_training_mask_kind_follows_irregular_prob(irregular_prob):
   config = _base_mask_config()

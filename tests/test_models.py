@@ -8,6 +8,7 @@ import pytest
 
 from gmsrm_jax import losses
 from gmsrm_jax import models
+from gmsrm_jax.models import base
 from gmsrm_jax.models import layers
 
 
@@ -37,15 +38,53 @@ def test_base_net_shapes_and_range(size, widths):
   assert encoder_shapes == [(2, size >> i, size >> i, c) for i, c in enumerate((4, *widths))]
 
 
-def test_base_net_ignores_hole_pixels():
-  """The hole content is zeroed before the encoder, so it cannot leak into the prediction."""
-  net = models.BaseInpaintingNet(encoder_channels=(8, 16), stem_channels=4, ca_reduction=2)
+@pytest.mark.parametrize("hole_fill,residual", [("zero", False), ("pyramid", True)])
+def test_base_net_ignores_hole_pixels(hole_fill, residual):
+  """The hole content is zeroed (or replaced by the fill of the known pixels) before the
+  encoder, so it cannot leak into the prediction."""
+  net = models.BaseInpaintingNet(encoder_channels=(8, 16), stem_channels=4, ca_reduction=2,
+                                 hole_fill=hole_fill, residual_output=residual)
   image = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3), minval=-1, maxval=1)
   mask = jnp.zeros((1, 32, 32, 1)).at[:, 8:20, 8:20].set(1.0)
   other = image.at[:, 8:20, 8:20].set(0.7)
   variables = net.init(jax.random.key(1), image, mask)
   np.testing.assert_array_equal(net.apply(variables, image, mask)[0],
                                 net.apply(variables, other, mask)[0])
+
+
+def test_pyramid_fill():
+  fill = jax.jit(base.pyramid_fill)
+  image = jax.random.uniform(jax.random.key(0), (2, 37, 53, 3), minval=-1, maxval=1)
+  # No holes: the image itself, at odd sizes too.
+  np.testing.assert_allclose(fill(image, jnp.zeros((2, 37, 53, 1))), image, atol=1e-6)
+  # A constant image stays constant whatever the holes.
+  mask = (jax.random.uniform(jax.random.key(1), (2, 37, 53, 1)) < 0.5).astype(jnp.float32)
+  np.testing.assert_allclose(fill(jnp.full_like(image, 0.3), mask), 0.3, atol=1e-5)
+  # Smooth content is continued smoothly into a hole (a horizontal ramp, a 10-px-wide hole).
+  ramp = jnp.broadcast_to(jnp.linspace(-1, 1, 64)[None, None, :, None], (1, 64, 64, 3))
+  hole = jnp.zeros((1, 64, 64, 1)).at[:, 20:40, 27:37].set(1.0)
+  filled = fill(ramp, hole)
+  assert float(jnp.max(jnp.abs(filled - ramp) * hole)) < 0.15  # The ramp steps 0.032 per px.
+  # Known pixels of the network's prior are the image's, exactly; nothing of the holes leaks.
+  encoder_input, prior = base.network_input(image, mask, "pyramid")
+  known = np.broadcast_to(np.asarray(mask) == 0, image.shape)
+  np.testing.assert_array_equal(np.asarray(prior)[known], np.asarray(image)[known])
+  np.testing.assert_array_equal(encoder_input[..., 3:], mask)
+  other = image * (1 - mask) + 0.9 * mask
+  np.testing.assert_array_equal(base.network_input(other, mask, "pyramid")[1], prior)
+
+
+def test_residual_output_starts_at_the_prior():
+  net = models.BaseInpaintingNet(encoder_channels=(8, 16), stem_channels=4, ca_reduction=2,
+                                 hole_fill="pyramid", residual_output=True)
+  image = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3), minval=-1, maxval=1)
+  mask = jnp.zeros((1, 32, 32, 1)).at[:, 8:20, 8:20].set(1.0)
+  prediction, _ = net.apply(net.init(jax.random.key(1), image, mask), image, mask)
+  np.testing.assert_array_equal(prediction, base.network_input(image, mask, "pyramid")[1])
+  wrong = models.BaseInpaintingNet(encoder_channels=(8, 16), stem_channels=4,
+                                   residual_output=True)
+  with pytest.raises(ValueError, match="hole_fill='pyramid'"):
+    wrong.init(jax.random.key(1), image, mask)
 
 
 def test_composite_keeps_known_pixels():

@@ -250,6 +250,14 @@ def test_config_changes_that_a_resume_allows():
   check(config, allowed=["masks.*", "model.stem_channels"])
   with pytest.raises(config_checks.ConfigError, match="train.batchsize, which is not"):
     check(config, allowed=["train.batchsize"])
+  # A checkpoint written before masks.ratio_sampling existed was made with "natural" masks.
+  config = tiny_run.config("/data/a", 4)
+  del stored["masks"]["ratio_sampling"]
+  check(config)
+  config.masks.ratio_sampling = "overlay"
+  with pytest.raises(config_checks.ConfigChangeError,
+                     match=r"masks.ratio_sampling: 'natural' -> 'overlay'"):
+    check(config)
 
 
 # --- 6. Export files ----------------------------------------------------------------------------

@@ -76,11 +76,29 @@ def test_step_updates_every_part_of_the_state_and_ema_formula():
   assert changed(before.g_params, after.g_params)
   assert changed(before.d_params, after.d_params)
   assert changed(before.d_state, after.d_state)
-  expected_ema = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, before.ema_params, after.g_params)
+  # Step 0 with the warm-up: decay min(0.9, 1/10) = 0.1.
+  expected_ema = jax.tree.map(lambda e, p: 0.1 * e + 0.9 * p, before.ema_params, after.g_params)
   for a, b in zip(jax.tree.leaves(expected_ema), jax.tree.leaves(after.ema_params)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   for key in ("loss/rec_known", "loss/rec_hole", "loss/adv_g", "loss/d", "loss/g_total"):
     assert np.isfinite(metrics[0][key]), key
+
+
+def test_ema_warmup_decay_by_hand():
+  # (1 + t) / (10 + t) until it reaches the configured decay, then the decay.
+  for step, expected in ((0, 0.1), (1, 2 / 11), (90, 91 / 100), (989, 0.99), (5000, 0.99)):
+    np.testing.assert_allclose(step_lib.ema_decay_at(step, 0.99, True), expected, rtol=1e-6)
+    np.testing.assert_allclose(step_lib.ema_decay_at(step, 0.99, False), 0.99, rtol=1e-7)
+  # Three updates by hand: e <- d_t e + (1 - d_t) p_t with d = 0.1, 2/11, 3/12.
+  ema, params = jnp.array(5.0), [jnp.array(1.0), jnp.array(2.0), jnp.array(4.0)]
+  expected = 5.0
+  for step, p in enumerate(params):
+    ema = step_lib.ema_update(ema, p, step_lib.ema_decay_at(step, 0.999, True))
+    d = (1 + step) / (10 + step)
+    expected = d * expected + (1 - d) * float(p)
+  np.testing.assert_allclose(ema, expected, rtol=1e-6)
+  # 0.1*5 + 0.9*1 = 1.4; then 2/11*1.4 + 9/11*2 = 1.8909; then 0.25*1.8909 + 0.75*4 = 3.4727.
+  np.testing.assert_allclose(ema, 3.47272727, rtol=1e-6)
 
 
 def test_reconstruction_improves_over_steps():

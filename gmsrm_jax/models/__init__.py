@@ -27,7 +27,10 @@ _CICM_SUFFIX = "_cicm"
 def _base(model_config):
   return BaseInpaintingNet(encoder_channels=tuple(model_config.encoder_channels),
                            stem_channels=model_config.stem_channels,
-                           ca_reduction=model_config.ca_reduction)
+                           ca_reduction=model_config.ca_reduction,
+                           output_skip=model_config.get("output_skip", True),
+                           hole_fill=model_config.get("hole_fill", "zero"),
+                           residual_output=model_config.get("residual_output", False))
 
 
 def _bottleneck_of_encoder(model_config) -> str:

@@ -26,6 +26,65 @@ def masked_input(image: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.concatenate([image * (1.0 - mask), mask], axis=-1)
 
 
+def _average_pool(x: jax.Array) -> jax.Array:
+  """2x2 mean, stride 2; an odd side's last row/column is averaged with zero padding."""
+  summed = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
+  return summed / 4.0
+
+
+def pyramid_fill(image: jax.Array, mask: jax.Array) -> jax.Array:
+  """A smooth, parameter-free completion: known pixels kept, holes filled from coarser scales.
+
+  Push-pull: known-pixel averages are pooled down a pyramid (each level the known-weighted
+  mean of the finer one, with its fraction of known pixels) to a single pixel; going back up,
+  every pixel takes its own value in proportion to how much of it is known and the upsampled
+  coarser estimate for the rest. The cost is a few pooling ops, any image size works, and an
+  image without holes comes back unchanged.
+  """
+  known = 1.0 - mask
+  # values[l]: the known-weighted mean colour of each level-l cell; weights[l]: the fraction of
+  # it that is known. Hole pixels enter with weight 0, so nothing of them leaks in.
+  values, weights = [image * known], [known]
+  while values[-1].shape[1] > 1 or values[-1].shape[2] > 1:
+    weight = _average_pool(weights[-1])
+    values.append(_average_pool(values[-1] * weights[-1]) / jnp.maximum(weight, 1e-6))
+    weights.append(weight)
+  filled = values[-1]
+  for value, weight in zip(reversed(values[:-1]), reversed(weights[:-1])):
+    coarse = jax.image.resize(filled, value.shape, method="bilinear")
+    filled = weight * value + (1.0 - weight) * coarse
+  return filled
+
+
+HOLE_FILLS = ("zero", "pyramid")
+
+
+def network_input(image: jax.Array, mask: jax.Array, hole_fill: str
+                  ) -> tuple[jax.Array, jax.Array | None]:
+  """(encoder input, prior): Concat[image with holes filled, mask], and the fill itself.
+
+  "zero" is eq. 1 (holes zeroed; no prior). "pyramid" fills the holes with `pyramid_fill`
+  first, so the network starts from a smooth completion instead of a constant (docs/QUALITY.md).
+  """
+  if hole_fill == "zero":
+    return masked_input(image, mask), None
+  if hole_fill == "pyramid":
+    prior = mask * pyramid_fill(image, mask) + (1.0 - mask) * image
+    return jnp.concatenate([prior, mask], axis=-1), prior
+  raise ValueError(f"Unknown model.hole_fill {hole_fill!r}; known: {HOLE_FILLS}.")
+
+
+def output_head(features: jax.Array, prior: jax.Array | None, residual: bool) -> jax.Array:
+  """The output conv (eq. 6's OutConv): tanh(Conv(F)), or with `residual` prior + Conv(F),
+  the conv zero-initialised so an untrained network returns the prior."""
+  if not residual:
+    return jnp.tanh(layers.Conv(3, (3, 3), padding="SAME", name="out_conv")(features))
+  if prior is None:
+    raise ValueError("model.residual_output needs a prior: set model.hole_fill='pyramid'.")
+  return prior + layers.Conv(3, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros,
+                             name="out_conv")(features)
+
+
 class Encoder(nn.Module):
   """Returns the feature pyramid [stem (full res), 1/2, 1/4, ...] (F_E^i of eq. 2)."""
 
@@ -45,7 +104,9 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
   """Upsamples the bottleneck back to full resolution (eq. 6).
 
-  `extra` optionally maps a pyramid level to more features to concatenate before that level's
+  The output is the last block's features, with the stem's full-resolution features
+  concatenated when `output_skip` (the U-Net skip at full resolution; see docs/QUALITY.md for
+  what it costs in a short run). `extra` optionally maps a pyramid level to more features to concatenate before that level's
   upsampling block. A model whose extra features depend on the decoder's own outputs (GM-SRM's
   progressive reasoning, eq. 7) runs the blocks one at a time with `level` and `inputs`.
   """
@@ -53,6 +114,7 @@ class Decoder(nn.Module):
   encoder_channels: Sequence[int]
   stem_channels: int
   ca_reduction: int = 16
+  output_skip: bool = True
 
   def setup(self):
     widths = (self.stem_channels, *self.encoder_channels)
@@ -70,7 +132,11 @@ class Decoder(nn.Module):
       if level + 1 in extra:
         inputs.append(extra[level + 1])
       decoded = self.level(level, inputs)
-    return jnp.concatenate([decoded, features[0]], axis=-1)
+    return jnp.concatenate(self.outputs(features, decoded), axis=-1)
+
+  def outputs(self, features: Sequence[jax.Array], decoded: jax.Array) -> list[jax.Array]:
+    """What the output conv reads: the full-resolution decoded features, and the stem's."""
+    return [decoded, features[0]] if self.output_skip else [decoded]
 
   def inputs(self, features: Sequence[jax.Array], level: int, decoded: jax.Array
              ) -> list[jax.Array]:
@@ -90,14 +156,18 @@ class BaseInpaintingNet(nn.Module):
   encoder_channels: Sequence[int]
   stem_channels: int
   ca_reduction: int = 16
+  output_skip: bool = True
+  hole_fill: str = "zero"  # network_input
+  residual_output: bool = False  # output_head
 
   @nn.compact
   def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool = False
                ) -> tuple[jax.Array, dict[str, Any]]:
     del train  # No train/eval difference in the base model (instance norm, no dropout).
+    encoder_input, prior = network_input(image, mask, self.hole_fill)
     features = Encoder(self.encoder_channels, self.stem_channels, self.ca_reduction,
-                       name="encoder")(masked_input(image, mask))
+                       name="encoder")(encoder_input)
     decoded = Decoder(self.encoder_channels, self.stem_channels, self.ca_reduction,
-                      name="decoder")(features)
-    prediction = jnp.tanh(layers.Conv(3, (3, 3), padding="SAME", name="out_conv")(decoded))
+                      self.output_skip, name="decoder")(features)
+    prediction = output_head(decoded, prior, self.residual_output)
     return prediction, {}

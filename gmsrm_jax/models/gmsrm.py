@@ -28,7 +28,7 @@ import ml_collections
 
 from gmsrm_jax.models import layers
 from gmsrm_jax import tree_match
-from gmsrm_jax.models.base import Decoder, Encoder, masked_input
+from gmsrm_jax.models.base import Decoder, Encoder, network_input, output_head
 from gmsrm_jax.stylegan import memory as memory_lib
 from gmsrm_jax.stylegan import networks
 
@@ -92,6 +92,9 @@ class GMSRMNet(nn.Module):
   progressive: bool = True  # Eq. 7; False: c^1 for every memory block (GM-BM, GM-CSV).
   head_channels: int = 64  # Width of the conv in f_c (eq. 3) and in the noise head (eq. 8).
   kl_layer_weights: Sequence[float] = ()  # w_i of eq. 9 per memory layer; () -> mean.
+  output_skip: bool = True  # Stem features beside F_D at the output conv (base.Decoder).
+  hole_fill: str = "zero"  # base.network_input
+  residual_output: bool = False  # base.output_head
 
   @nn.compact
   def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool = False
@@ -99,10 +102,11 @@ class GMSRMNet(nn.Module):
     # Instance norm, no dropout: `train` only decides whether diagnostics are reported.
     size = image.shape[1]
     num_levels = len(self.encoder_channels)
+    encoder_input, prior = network_input(image, mask, self.hole_fill)
     features = Encoder(self.encoder_channels, self.stem_channels, self.ca_reduction,
-                       name="encoder")(masked_input(image, mask))
+                       name="encoder")(encoder_input)
     decoder = Decoder(self.encoder_channels, self.stem_channels, self.ca_reduction,
-                      name="decoder")
+                      self.output_skip, name="decoder")
     memory = self.generative_memory
     resolutions = memory.resolutions
     level_of = {size // 2**level: level for level in range(num_levels + 1)}
@@ -183,12 +187,11 @@ class GMSRMNet(nn.Module):
       if memory_features is not None:
         inputs.append(memory_features)
       decoded = decoder.level(level, inputs)
-    outputs = [decoded, features[0]]
+    outputs = decoder.outputs(features, decoded)
     memory_features = query(0, decoded)  # Full resolution: concatenated before OutConv.
     if memory_features is not None:
       outputs.append(memory_features)
-    prediction = jnp.tanh(layers.Conv(3, (3, 3), padding="SAME", name="out_conv")(
-        jnp.concatenate(outputs, axis=-1)))
+    prediction = output_head(jnp.concatenate(outputs, axis=-1), prior, self.residual_output)
     if not self.conditional_noise:
       return prediction, {}
     return prediction, {"kl": self._weighted_kl(kl_layers)}
@@ -213,7 +216,10 @@ def create(model_config: ml_collections.ConfigDict) -> GMSRMNet:
           channel_base=architecture.channel_base, channel_max=architecture.channel_max,
           w_dim=architecture.w_dim),
       conditional_noise=gmsrm.conditional_noise, progressive=gmsrm.progressive,
-      head_channels=gmsrm.head_channels, kl_layer_weights=tuple(gmsrm.kl_layer_weights))
+      head_channels=gmsrm.head_channels, kl_layer_weights=tuple(gmsrm.kl_layer_weights),
+      output_skip=model_config.get("output_skip", True),
+      hole_fill=model_config.get("hole_fill", "zero"),
+      residual_output=model_config.get("residual_output", False))
 
 
 def stage1_commands(memory_path: str) -> str:

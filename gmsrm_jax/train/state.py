@@ -42,13 +42,31 @@ class Components:
   d_tx: optax.GradientTransformation
 
 
+def learning_rate(optim: ml_collections.ConfigDict, peak: float, num_steps: int
+                  ) -> float | optax.Schedule:
+  """`peak` as a constant (`optim.schedule = "constant"`, the papers' setting), or "cosine":
+  a linear warm-up over `optim.warmup_steps`, then a cosine decay to `optim.final_lr_fraction`
+  of the peak at `num_steps` (measured in docs/QUALITY.md for short runs)."""
+  schedule = optim.get("schedule", "constant")
+  if schedule == "constant":
+    return peak  # A plain float keeps the optimizer state of runs made before schedules.
+  if schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=peak, warmup_steps=optim.warmup_steps,
+        decay_steps=max(num_steps, optim.warmup_steps + 1),
+        end_value=peak * optim.final_lr_fraction)
+  raise ValueError(f"Unknown config.optim.schedule {schedule!r}; use 'constant' or 'cosine'.")
+
+
 def create_components(config: ml_collections.ConfigDict) -> Components:
-  optim = config.optim
+  optim, num_steps = config.optim, config.train.num_steps
   return Components(
       generator=models.create_generator(config.model),
       discriminator=models.create_discriminator(config.disc),
-      g_tx=optax.adam(optim.learning_rate, b1=optim.b1, b2=optim.b2),
-      d_tx=optax.adam(optim.d_learning_rate, b1=optim.b1, b2=optim.b2),
+      g_tx=optax.adam(learning_rate(optim, optim.learning_rate, num_steps), b1=optim.b1,
+                      b2=optim.b2),
+      d_tx=optax.adam(learning_rate(optim, optim.d_learning_rate, num_steps), b1=optim.b1,
+                      b2=optim.b2),
   )
 
 
