@@ -65,6 +65,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # completion first (models/base.py network_input). residual_output: predict a correction
   # of that fill instead of the image (needs "pyramid"). docs/QUALITY.md measures both.
   config.model.hole_fill = "zero"
+  config.model.fill_iterations = 8  # Jacobi steps per pyramid level of the "pyramid" fill.
   config.model.residual_output = False
 
   # Discriminator: spectral-normalised conditional PatchGAN (eqs. 12-13).

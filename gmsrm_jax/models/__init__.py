@@ -12,6 +12,7 @@ from typing import Any, Callable
 import flax
 import ml_collections
 
+from gmsrm_jax.models import base
 from gmsrm_jax.models import cicm_module
 from gmsrm_jax.models import gmsrm
 from gmsrm_jax.models import unet_cicm
@@ -29,8 +30,7 @@ def _base(model_config):
                            stem_channels=model_config.stem_channels,
                            ca_reduction=model_config.ca_reduction,
                            output_skip=model_config.get("output_skip", True),
-                           hole_fill=model_config.get("hole_fill", "zero"),
-                           residual_output=model_config.get("residual_output", False))
+                           **base.input_and_output_options(model_config))
 
 
 def _bottleneck_of_encoder(model_config) -> str:
@@ -40,7 +40,7 @@ def _bottleneck_of_encoder(model_config) -> str:
 # name -> (builder, path of its lowest-resolution feature map: where CICM plugs in).
 _BACKBONES: dict[str, tuple[Callable, Callable]] = {
     "base": (_base, _bottleneck_of_encoder),
-    "unet": (lambda c: UNet(channels=tuple(c.unet_channels)),
+    "unet": (lambda c: UNet(channels=tuple(c.unet_channels), **base.input_and_output_options(c)),
              lambda c: unet_cicm.FEATURE_MODULE),
     "gmsrm": (gmsrm.create, _bottleneck_of_encoder),
 }

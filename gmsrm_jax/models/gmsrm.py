@@ -28,7 +28,8 @@ import ml_collections
 
 from gmsrm_jax.models import layers
 from gmsrm_jax import tree_match
-from gmsrm_jax.models.base import Decoder, Encoder, network_input, output_head
+from gmsrm_jax.models.base import Decoder, Encoder, input_and_output_options
+from gmsrm_jax.models.base import network_input, output_head
 from gmsrm_jax.stylegan import memory as memory_lib
 from gmsrm_jax.stylegan import networks
 
@@ -94,6 +95,7 @@ class GMSRMNet(nn.Module):
   kl_layer_weights: Sequence[float] = ()  # w_i of eq. 9 per memory layer; () -> mean.
   output_skip: bool = True  # Stem features beside F_D at the output conv (base.Decoder).
   hole_fill: str = "zero"  # base.network_input
+  fill_iterations: int = 8  # base.pyramid_fill's smoothing_iterations
   residual_output: bool = False  # base.output_head
 
   @nn.compact
@@ -102,7 +104,7 @@ class GMSRMNet(nn.Module):
     # Instance norm, no dropout: `train` only decides whether diagnostics are reported.
     size = image.shape[1]
     num_levels = len(self.encoder_channels)
-    encoder_input, prior = network_input(image, mask, self.hole_fill)
+    encoder_input, prior = network_input(image, mask, self.hole_fill, self.fill_iterations)
     features = Encoder(self.encoder_channels, self.stem_channels, self.ca_reduction,
                        name="encoder")(encoder_input)
     decoder = Decoder(self.encoder_channels, self.stem_channels, self.ca_reduction,
@@ -218,8 +220,7 @@ def create(model_config: ml_collections.ConfigDict) -> GMSRMNet:
       conditional_noise=gmsrm.conditional_noise, progressive=gmsrm.progressive,
       head_channels=gmsrm.head_channels, kl_layer_weights=tuple(gmsrm.kl_layer_weights),
       output_skip=model_config.get("output_skip", True),
-      hole_fill=model_config.get("hole_fill", "zero"),
-      residual_output=model_config.get("residual_output", False))
+      **input_and_output_options(model_config))
 
 
 def stage1_commands(memory_path: str) -> str:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from gmsrm_jax.models import layers
-from gmsrm_jax.models.base import masked_input
+from gmsrm_jax.models.base import network_input, output_head
 
 FEATURE_MODULE = "bottleneck"  # Where CICM reads and replaces the features.
 
@@ -44,12 +44,16 @@ class UNet(nn.Module):
   """Predicts the full image from the masked image and the mask (1 = hole); no memory."""
 
   channels: Sequence[int] = (64, 128, 256, 512)
+  hole_fill: str = "zero"  # base.network_input
+  fill_iterations: int = 8  # base.pyramid_fill's smoothing_iterations
+  residual_output: bool = False  # base.output_head
 
   @nn.compact
   def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool = False
                ) -> tuple[jax.Array, dict[str, Any]]:
     del train  # Instance norm, no dropout: nothing differs between training and inference.
-    x = layers.ConvNormReLU(self.channels[0], name="enc_0")(masked_input(image, mask))
+    encoder_input, prior = network_input(image, mask, self.hole_fill, self.fill_iterations)
+    x = layers.ConvNormReLU(self.channels[0], name="enc_0")(encoder_input)
     skips = [x]
     for level, width in enumerate(self.channels[1:], start=1):
       x = layers.ConvNormReLU(width, strides=2, name=f"down_{level}")(x)
@@ -60,6 +64,5 @@ class UNet(nn.Module):
       x = jnp.concatenate([layers.upsample_bilinear(x), skips[level]], axis=-1)
       x = layers.ConvNormReLU(self.channels[level], name=f"up_{level}")(x)
       x = layers.ConvNormReLU(self.channels[level], name=f"dec_{level}")(x)
-    prediction = jnp.tanh(layers.Conv(3, (3, 3), padding="SAME", name="out_conv")(x))
-    return prediction, {}
+    return output_head(x, prior, self.residual_output), {}
 
