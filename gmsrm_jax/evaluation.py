@@ -252,14 +252,36 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
   tables = {}
   if jax.process_index() == 0:
     label = "EMA" if config.eval.use_ema else "raw"
-    write_tables(results, step, out_dir, weights=label, unavailable=unavailable, notes=notes)
+    source = provenance(config, step)
+    write_tables(results, step, out_dir, weights=label, unavailable=unavailable, notes=notes,
+                 source=source)
     method = config.eval.method_name or config.model.name
     for name in config.eval.tables:
       tables[name] = write_paper_table(name, results, step, out_dir, method=method,
-                                       unavailable=unavailable, notes=notes)
+                                       unavailable=unavailable, notes=notes, source=source)
     if real_stats is not None and real_stats.count >= 2:
       real_stats.save(os.path.join(out_dir, "fid_real_stats.npz"))
   return {"step": step, "results": results, "unavailable": unavailable, "tables": tables}
+
+
+def provenance(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
+  """What a results file describes: the dataset, split, step and where the masks came from."""
+  data, eval_config = config.data, config.eval
+  if eval_config.mask_dir:
+    masks = (f"mask folder {eval_config.mask_dir}"
+             + (" (inverted: black = hole)" if eval_config.mask_invert else ""))
+  else:
+    masks = (f"generated, one per image and bin (seed {config.seed}); center masks for "
+             "center settings")
+  return {"dataset": f"{data.name}/{data.builder_config}" if data.builder_config else data.name,
+          "split": data.eval_split, "step": int(step), "model": config.model.name,
+          "weights": "EMA" if eval_config.use_ema else "raw", "masks": masks,
+          "images_requested": eval_config.num_images}
+
+
+def _describe(source: dict[str, Any]) -> str:
+  return (f"{source['model']} at step {source['step']} ({source['weights']} weights) on "
+          f"{source['dataset']}, split {source['split']!r}; masks: {source['masks']}")
 
 
 def _slug(column: str) -> str:
@@ -282,13 +304,15 @@ def _footer(unavailable: dict[str, str], notes: dict[str, str]) -> list[str]:
 
 def write_tables(results: dict[str, dict[str, Any]], step: int, out_dir: str, weights: str,
                  unavailable: dict[str, str] | None = None,
-                 notes: dict[str, str] | None = None) -> None:
-  """metrics.{json,csv,md}: every metric (rows) x every evaluated setting (columns)."""
-  unavailable, notes = unavailable or {}, notes or {}
+                 notes: dict[str, str] | None = None,
+                 source: dict[str, Any] | None = None) -> None:
+  """metrics.{json,csv,md}: every metric (rows) x every evaluated setting (columns); `source`
+  (`provenance`) names the dataset, split, step and masks in each."""
+  unavailable, notes, source = unavailable or {}, notes or {}, source or {}
   os.makedirs(out_dir, exist_ok=True)
   columns = list(results)
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-    json.dump({"step": step, "weights": weights, "results": results,
+    json.dump({"step": step, "weights": weights, **source, "results": results,
                "unavailable": unavailable, "notes": notes}, f, indent=2)
   with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
     writer = csv.writer(f)
@@ -296,7 +320,12 @@ def write_tables(results: dict[str, dict[str, Any]], step: int, out_dir: str, we
     for name, key, _ in METRICS:
       writer.writerow([name, *(_csv(results[c][key]) for c in columns)])
     writer.writerow(["images", *(results[c]["images"] for c in columns)])
-  lines = [f"Evaluation at step {step} ({weights} weights); composited outputs.", "",
+    for key in ("dataset", "split", "step", "masks"):
+      if key in source:
+        writer.writerow([key, source[key]])
+  heading = (f"Evaluation of {_describe(source)}; composited outputs." if source else
+             f"Evaluation at step {step} ({weights} weights); composited outputs.")
+  lines = [heading, "",
            "| Metric | " + " | ".join(columns) + " |",
            "|---|" + "---|" * len(columns)]
   for name, key, higher in METRICS:
@@ -353,8 +382,10 @@ def paper_table(name: str, results: dict[str, dict[str, Any]], method: str
 
 def write_paper_table(name: str, results: dict[str, dict[str, Any]], step: int, out_dir: str,
                       *, method: str, unavailable: dict[str, str],
-                      notes: dict[str, str] | None = None) -> str:
+                      notes: dict[str, str] | None = None,
+                      source: dict[str, Any] | None = None) -> str:
   """table_<name>.{md,csv,json} in the layout of that paper table; returns the .md path."""
+  source = source or {}
   layout = TABLES[name]
   header, rows, values = paper_table(name, results, method)
   base = os.path.join(out_dir, f"table_{name}")
@@ -363,7 +394,7 @@ def write_paper_table(name: str, results: dict[str, dict[str, Any]], step: int, 
   images = {label: results[_column(spec)]["images"] for label, spec in layout.settings}
   with open(base + ".json", "w") as f:
     json.dump({"table": name, "title": layout.title, "step": step, "method": method,
-               "values": values, "images": images, "unavailable": relevant,
+               **{k: v for k, v in source.items() if k != "step"}, "values": values, "images": images, "unavailable": relevant,
                "notes": notes}, f, indent=2)
   with open(base + ".csv", "w", newline="") as f:
     writer = csv.writer(f)
@@ -373,6 +404,8 @@ def write_paper_table(name: str, results: dict[str, dict[str, Any]], step: int, 
            f"{', '.join(f'{k} {v}' for k, v in images.items())}).", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(row) + " |" for row in rows]
+  if source:
+    lines += ["", f"Source: {_describe(source)}."]
   footer = _footer(relevant, notes)
   if footer:
     lines += [""] + footer

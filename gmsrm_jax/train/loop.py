@@ -88,7 +88,8 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str, mesh, *,
   Raises FileNotFoundError (with the command to train) when the run has no checkpoint,
   checkpoint.CheckpointMismatchError when it does not fit the config's model,
   checkpoint.CheckpointDamagedError (naming the step and the others) when it cannot be read,
-  and config_checks.ConfigChangeError when the config's model fields differ from the saved.
+  and config_checks.ConfigChangeError when the config's model or data fields differ from the
+  saved ones (unless `allow_config_change` names them: then they are logged as overrides).
   """
   task = tasks.get(config)
   components = task.create_components(config)
@@ -101,8 +102,9 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str, mesh, *,
         f"--config=<the same config> --workdir={workdir}")
   config_checks.check_changes(
       restored.config, config, guarded=config_checks.INFERENCE_GUARDED,
-      unguarded=config_checks.RESUME_UNGUARDED, allowed=allow_config_change,
-      what=f"checkpoint step {restored.step} of {workdir}")
+      unguarded=config_checks.INFERENCE_UNGUARDED, allowed=allow_config_change,
+      what=f"checkpoint step {restored.step} of {workdir}",
+      reason=config_checks.INFERENCE_REASON)
   return components, restored.state, restored.step
 
 
