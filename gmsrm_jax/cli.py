@@ -65,8 +65,25 @@ def with_saved_config(argv: list[str]) -> list[str]:
 
 def _show_in_help(flag_values) -> None:
   """Lists the project's flags under `--help` (absl shows only the main module's otherwise)."""
-  for flag in flag_values.get_flags_for_module(__name__):
-    flag_values.register_key_flag_for_module(sys.argv[0], flag)
+  for module, module_flags in flag_values.flags_by_module_dict().items():
+    if module.startswith("gmsrm_jax"):
+      for flag in module_flags:
+        flag_values.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def _packaged_config(argv: list[str]) -> list[str]:
+  """--config=configs/x.py[:variant] from the installed `configs` package when the path does
+  not exist here (an installed package run from another directory)."""
+  result = []
+  for arg in argv:
+    match = re.match(r"^--config=(configs/[^:]+)(.*)$", arg)
+    if match and not os.path.exists(match.group(1)):
+      import configs  # pylint: disable=g-import-not-at-top
+      packaged = os.path.join(os.path.dirname(configs.__file__), match.group(1)[len("configs/"):])
+      if os.path.exists(packaged):
+        arg = f"--config={packaged}{match.group(2)}"
+    result.append(arg)
+  return result
 
 
 def parse_flags(argv: list[str], *, saved_config: bool = False) -> list[str]:
@@ -75,6 +92,7 @@ def parse_flags(argv: list[str], *, saved_config: bool = False) -> list[str]:
   ml_collections reports an unknown override only by its last key ("'no_such_key'").
   """
   _show_in_help(flags.FLAGS)
+  argv = _packaged_config(argv)
   if saved_config:
     argv = with_saved_config(argv)
   try:
