@@ -13,6 +13,8 @@ Writes under `<workdir>/eval/`:
   table_<name>.{md,csv,json} one per config.eval.tables entry, in the layout of that paper
                             table (TABLES below; docs/REPRODUCE.md says which command fills it);
   samples_<setting>.png     a sample grid per setting;
+  metrics.png               each metric per setting; loss_curves.png, the training losses
+                            from the run's TensorBoard events (gmsrm_jax/plots.py);
   fid_real_stats.npz        the test images' Inception statistics ({"mu", "sigma"}, the
                             pytorch-fid format), when FID ran.
 """
@@ -33,6 +35,7 @@ import numpy as np
 
 from gmsrm_jax import config_checks
 from gmsrm_jax import metrics as metrics_lib
+from gmsrm_jax import plots
 from gmsrm_jax import visualize
 from gmsrm_jax import weights as weights_lib
 from gmsrm_jax.data import pipeline
@@ -167,6 +170,99 @@ def batch_metrics(components, lpips_net, fid_size, variables, lpips_params, fid_
   return output, sums, jnp.sum(weight), features, weight
 
 
+class Evaluator:
+  """Every mask setting of `config.eval` on given inference variables (big_vision's evaluator
+  shape): evaluate.py runs it once on a restored checkpoint, the training loop every
+  `config.train.eval_every` steps, so TensorBoard shows the numbers evaluate.py writes.
+
+  Construction checks the settings and loads the feature networks (errors come before any
+  model work); the jitted functions are built on the first `run`.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh):
+    self.config, self.mesh = config, mesh
+    parallel.check_batch_size(config.eval.batch_size, mesh)
+    self.settings = mask_settings(config.eval)
+    self.networks = load_feature_networks(config.eval, mesh)
+    self._jitted = None
+
+  def _functions(self, components):
+    if self._jitted is None or self._jitted[0] is not components:
+      config, replicated = self.config, parallel.replicated(self.mesh)
+      evaluate_batch = jax.jit(
+          functools.partial(batch_metrics, components, config.eval.lpips_net,
+                            config.eval.fid_image_size), out_shardings=replicated)
+      real_features = jax.jit(
+          functools.partial(inception.fid_features, image_size=config.eval.fid_image_size),
+          out_shardings=replicated)
+      self._jitted = (components, evaluate_batch, real_features)
+    return self._jitted[1:]
+
+  def run(self, components, variables, *, samples_dir: str | None = None
+          ) -> tuple[dict[str, dict[str, Any]], dict[str, str], Any]:
+    """(results {column: {metric: value or None, "images": n}}, unavailable {metric: reason},
+    the real images' FID statistics or None); sample grids go to `samples_dir` if given."""
+    config, mesh, networks = self.config, self.mesh, self.networks
+    evaluate_batch, real_features = self._functions(components)
+    results: dict[str, dict[str, Any]] = {}
+    unavailable = dict(networks.unavailable)
+    # Every setting completes the same test images (only the masks differ), so the real
+    # images' statistics are gathered once, during the first setting.
+    real_stats = None
+    for column, mask_spec in self.settings:
+      sums, count, first = None, 0.0, None
+      fake_stats = collect_real = None
+      if networks.fid_params is not None:
+        fake_stats = fid_lib.FeatureStatistics(inception.FEATURE_DIM)
+        if real_stats is None:
+          real_stats = collect_real = fid_lib.FeatureStatistics(inception.FEATURE_DIM)
+      for local_batch in pipeline.create_eval_iterator(config, mask_spec=mask_spec,
+                                                       num_images=config.eval.num_images):
+        batch = parallel.global_batch(local_batch, mesh)
+        output, batch_sums, batch_count, features, weight = evaluate_batch(
+            variables, networks.lpips_params, networks.fid_params, batch)
+        batch_sums = jax.device_get(batch_sums)
+        sums = batch_sums if sums is None else {k: sums[k] + batch_sums[k] for k in sums}
+        count += float(batch_count)
+        if fake_stats is not None:
+          weight = jax.device_get(weight)
+          fake_stats.update(jax.device_get(features), weight)
+          if collect_real is not None:
+            collect_real.update(jax.device_get(real_features(networks.fid_params,
+                                                             batch["image"])), weight)
+        if first is None:
+          first = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
+                   for k, v in {"image": batch["image"], "mask": batch["mask"],
+                                "output": output, "weight": batch["weight"]}.items()}
+      column_results = {key: float(sums[key] / count) if key in sums else None
+                        for _, key, _ in METRICS}
+      if fake_stats is not None:
+        if fake_stats.count < 2:
+          unavailable["fid"] = (f"FID needs at least 2 images per setting, have "
+                                f"{fake_stats.count}")
+        else:
+          column_results["fid"] = fid_lib.fid_from_statistics(real_stats, fake_stats)
+      column_results["images"] = int(count)
+      results[column] = column_results
+      if samples_dir is not None and jax.process_index() == 0:
+        real = first["weight"] > 0  # Padding rows repeat an image: never shown.
+        grid = visualize.inpainting_grid(first["image"][real], first["mask"][real],
+                                         first["output"][real])
+        visualize.save_png(grid, os.path.join(samples_dir, f"samples_{_slug(column)}.png"))
+      logging.info("Eval %s: %s", column, results[column])
+    # A metric is unavailable everywhere or nowhere.
+    for key in unavailable:
+      for column_results in results.values():
+        column_results[key] = None
+    return results, unavailable, real_stats
+
+
+def scalars(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+  """{"eval/<setting>/<metric>": value} of the available metrics, for a metric writer."""
+  return {f"eval/{_slug(column)}/{key}": value for column, values in results.items()
+          for key, value in values.items() if key != "images" and value is not None}
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
              allow_config_change: Sequence[str] = ()) -> dict[str, Any]:
   """Restores the checkpoint (latest by default) and evaluates it; returns the results.
@@ -181,68 +277,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
   config_checks.validate(config)
   workdir = os.path.abspath(workdir)
   mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.eval.batch_size, mesh)
-  settings = mask_settings(config.eval)  # Unknown table names fail before any work.
-  networks = load_feature_networks(config.eval, mesh)
+  # Unknown table names and broken weights fail before the checkpoint is read.
+  evaluator = Evaluator(config, mesh)
   components, state, step = loop.restore_run(config, workdir, mesh, step=step,
                                              allow_config_change=allow_config_change)
-  variables = step_lib.inference_variables(config, state)
-  replicated = parallel.replicated(mesh)
-  evaluate_batch = jax.jit(
-      functools.partial(batch_metrics, components, config.eval.lpips_net,
-                        config.eval.fid_image_size), out_shardings=replicated)
-  real_features = jax.jit(
-      functools.partial(inception.fid_features, image_size=config.eval.fid_image_size),
-      out_shardings=replicated)
-
-  results: dict[str, dict[str, Any]] = {}
-  unavailable = dict(networks.unavailable)
   out_dir = os.path.join(workdir, "eval")
-  # Every setting completes the same test images (only the masks differ), so the real
-  # images' statistics are gathered once, during the first setting.
-  real_stats = None
-  for column, mask_spec in settings:
-    sums, count, first = None, 0.0, None
-    fake_stats = collect_real = None
-    if networks.fid_params is not None:
-      fake_stats = fid_lib.FeatureStatistics(inception.FEATURE_DIM)
-      if real_stats is None:
-        real_stats = collect_real = fid_lib.FeatureStatistics(inception.FEATURE_DIM)
-    for local_batch in pipeline.create_eval_iterator(config, mask_spec=mask_spec,
-                                                     num_images=config.eval.num_images):
-      batch = parallel.global_batch(local_batch, mesh)
-      output, batch_sums, batch_count, features, weight = evaluate_batch(
-          variables, networks.lpips_params, networks.fid_params, batch)
-      batch_sums = jax.device_get(batch_sums)
-      sums = batch_sums if sums is None else {k: sums[k] + batch_sums[k] for k in sums}
-      count += float(batch_count)
-      if fake_stats is not None:
-        weight = jax.device_get(weight)
-        fake_stats.update(jax.device_get(features), weight)
-        if collect_real is not None:
-          collect_real.update(jax.device_get(real_features(networks.fid_params,
-                                                           batch["image"])), weight)
-      if first is None:
-        first = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
-                 for k, v in {"image": batch["image"], "mask": batch["mask"],
-                              "output": output}.items()}
-    column_results = {key: float(sums[key] / count) if key in sums else None
-                      for _, key, _ in METRICS}
-    if fake_stats is not None:
-      if fake_stats.count < 2:
-        unavailable["fid"] = f"FID needs at least 2 images per setting, have {fake_stats.count}"
-      else:
-        column_results["fid"] = fid_lib.fid_from_statistics(real_stats, fake_stats)
-    column_results["images"] = int(count)
-    results[column] = column_results
-    if jax.process_index() == 0:
-      grid = visualize.inpainting_grid(first["image"], first["mask"], first["output"])
-      visualize.save_png(grid, os.path.join(out_dir, f"samples_{_slug(column)}.png"))
-    logging.info("Eval %s: %s", column, results[column])
-  # A metric is unavailable everywhere or nowhere.
-  for key in unavailable:
-    for column_results in results.values():
-      column_results[key] = None
+  results, unavailable, real_stats = evaluator.run(
+      components, step_lib.inference_variables(config, state), samples_dir=out_dir)
 
   notes = {}  # metric -> a caveat printed under every table that shows it.
   if "fid" not in unavailable and config.eval.fid_image_size != inception.FID_IMAGE_SIZE:
@@ -261,7 +302,27 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
                                        unavailable=unavailable, notes=notes, source=source)
     if real_stats is not None and real_stats.count >= 2:
       real_stats.save(os.path.join(out_dir, "fid_real_stats.npz"))
+    write_plots(results, step, workdir, out_dir)
   return {"step": step, "results": results, "unavailable": unavailable, "tables": tables}
+
+
+def write_plots(results: dict[str, dict[str, Any]], step: int, workdir: str,
+                out_dir: str) -> list[str]:
+  """metrics.png (each metric per setting) and, when the run has TensorBoard events,
+  loss_curves.png; returns the paths written."""
+  # The default bitmap font has no arrows.
+  panels = {f"{name} ({'higher' if higher else 'lower'} is better)": {column: values[key]
+                                                        for column, values in results.items()}
+            for name, key, higher in METRICS
+            if any(values[key] is not None for values in results.values())}
+  written = [os.path.join(out_dir, "metrics.png")]
+  visualize.save_png(plots.bar_panels(panels, f"Evaluation at step {step}"), written[0])
+  curves = plots.read_scalars(workdir, prefix="loss/")
+  if curves:
+    written.append(os.path.join(out_dir, "loss_curves.png"))
+    visualize.save_png(plots.line_panels(curves, "Training losses (TensorBoard events)"),
+                       written[1])
+  return written
 
 
 def provenance(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Runs own their config (export.py and evaluate.py without --config), the model card, and
-serving an export with jax alone at sizes other than the trained one."""
+"""Runs own their config (export.py and evaluate.py without --config), what evaluation writes
+(names of the data, plots, grids) and what the training loop's evaluation writes, the model
+card, and serving an export with jax alone at sizes other than the trained one."""
 
 import json
 import os
@@ -7,13 +8,19 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from gmsrm_jax import evaluation
 from gmsrm_jax import inpaint
+from gmsrm_jax import plots
 from gmsrm_jax import saved_config
 from gmsrm_jax.train import checkpoint
+from gmsrm_jax.train import parallel
+from gmsrm_jax.train import state as state_lib
+from gmsrm_jax.train import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ENV = {**os.environ, "PYTHONPATH": ROOT}
@@ -29,10 +36,7 @@ def evaluated_run(finished_tiny_run, tmp_path_factory):
   """A copy of the finished tiny run, evaluated in-process from its own saved config."""
   workdir = str(tmp_path_factory.mktemp("own_config") / "run")
   shutil.copytree(finished_tiny_run[0], workdir)
-  config = saved_config.get_config(f":{workdir}")
-  with config.unlocked():
-    config.eval.num_images = 2
-  evaluation.evaluate(config, workdir)
+  evaluation.evaluate(saved_config.get_config(f":{workdir}"), workdir)
   return workdir
 
 
@@ -64,6 +68,40 @@ def test_metrics_files_name_dataset_split_step_and_masks(evaluated_run):
   assert table.startswith("Evaluation of base at step 4 (EMA weights) on synthetic_scenes/tiny, "
                           "split 'test'; masks: generated")
   assert "dataset,synthetic_scenes/tiny" in open(os.path.join(eval_dir, "metrics.csv")).read()
+
+
+def test_training_loop_evaluation_reaches_tensorboard_with_evaluate_pys_numbers(evaluated_run):
+  with open(os.path.join(evaluated_run, "eval", "metrics.json")) as f:
+    results = json.load(f)["results"]
+  logged = plots.read_scalars(evaluated_run, prefix="eval/")
+  assert set(logged) == {f"eval/{column.replace('%', '').replace(' ', '_')}/{metric}"
+                         for column in results for metric in ("psnr", "ssim", "ncc", "lmse",
+                                                              "l1")}
+  steps, psnr = logged["eval/20-30/psnr"]
+  assert steps.tolist() == [4]
+  np.testing.assert_allclose(psnr[0], results["20-30%"]["psnr"], rtol=1e-5)
+
+
+def test_evaluation_writes_plots(evaluated_run):
+  eval_dir = os.path.join(evaluated_run, "eval")
+  metrics = np.asarray(Image.open(os.path.join(eval_dir, "metrics.png")))
+  losses = np.asarray(Image.open(os.path.join(eval_dir, "loss_curves.png")))
+  assert metrics.shape == (420, 960, 3)  # 5 available metrics: 2 rows of 3 charts.
+  assert losses.shape[0] >= 220 and (losses != 255).any(axis=-1).mean() > 0.02
+
+
+def test_sample_grids_show_each_test_image_once_under_labels(finished_tiny_run, tmp_path):
+  workdir, state = finished_tiny_run
+  config = saved_config.get_config(f":{workdir}")
+  with config.unlocked():  # 2 images in a batch of 8: 6 rows of padding.
+    config.eval.num_images, config.eval.mask_bins, config.eval.center_ratios = 2, ("20-30",), ()
+  evaluator = evaluation.Evaluator(config, parallel.make_mesh())
+  evaluator.run(state_lib.create_components(config),
+                step_lib.inference_variables(config, state), samples_dir=str(tmp_path))
+  grid = np.asarray(Image.open(tmp_path / "samples_20-30.png"))
+  assert grid.shape == (14 + 2 * (64 + 2), 3 * (64 + 2), 3)  # Label row + 2 rows of tiles.
+  assert not np.array_equal(grid[14:78], grid[80:144])
+  assert (grid[:14] != 255).any()  # The labels.
 
 
 def test_a_flag_that_changes_the_trained_data_is_an_error(evaluated_run):

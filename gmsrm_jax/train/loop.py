@@ -142,6 +142,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   after saving the current step when SIGTERM/SIGINT arrives.
   """
   config_checks.validate(config)
+  # The data first: an unprepared dataset fails in a second, before model initialisation and
+  # before anything (checkpoint directory, events file) is written to the workdir.
+  pipeline.check_prepared(config, [f for f in ("train_split", "eval_split")
+                                   if f in config.data])
   workdir = os.path.abspath(workdir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.batch_size, mesh)
@@ -182,6 +186,16 @@ def _train(config, workdir, task, components, mesh, manager, state, loss_network
                                      replicated),
                        out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 3))
   sample = task.make_sampler(components, config, mesh)
+  evaluator = None
+  eval_every = config.train.get("eval_every", 0)
+  if eval_every:
+    if config.task != "inpainting":
+      raise ValueError(f"config.train.eval_every={eval_every}: in-loop evaluation is for "
+                       f"inpainting models, not config.task={config.task!r}; set it to 0.")
+    # Imported here: evaluation restores runs through this module.
+    from gmsrm_jax import evaluation  # pylint: disable=g-import-not-at-top
+    from gmsrm_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+    evaluator = evaluation.Evaluator(config, mesh)  # Bad weights fail before the first step.
 
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=num_steps, writer=writer, every_secs=None,
@@ -228,6 +242,13 @@ def _train(config, workdir, task, components, mesh, manager, state, loss_network
 
     if done % config.train.sample_every == 0 or is_last:
       _write_samples(writer, workdir, done, sample(state))
+
+    if evaluator is not None and (done % eval_every == 0 or is_last):
+      # The evaluate.py numbers (same Evaluator) for the weights of this step.
+      with report_progress.timed("eval"):
+        results, _, _ = evaluator.run(components,
+                                      step_lib.inference_variables(config, state))
+      writer.write_scalars(done, evaluation.scalars(results))
 
     if save_now:
       with report_progress.timed("checkpoint"):
