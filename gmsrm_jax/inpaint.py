@@ -208,7 +208,7 @@ class Inpainter:
 
   def __call__(self, image, mask, *, key: jax.Array | None = None) -> np.ndarray:
     image, mask = np.asarray(image), np.asarray(mask)
-    shape = image.shape
+    shape, mask_shape = image.shape, mask.shape
     if image.ndim == 2:
       image = image[..., None]
     if image.ndim == 3:
@@ -228,7 +228,7 @@ class Inpainter:
     if mask.ndim == 2:
       mask = np.broadcast_to(mask, (batch, *mask.shape))
     if mask.shape != (batch, height, width):
-      raise ValueError(f"Mask shape {np.shape(mask)} does not fit image shape {shape}: the mask "
+      raise ValueError(f"Mask shape {mask_shape} does not fit image shape {shape}: the mask "
                        f"must be [{height}, {width}] (or [{height}, {width}, 1]"
                        + (f", [{batch}, {height}, {width}]" if len(shape) == 4 else "")
                        + "), one value per pixel. Resize or crop one of them to match.")

@@ -131,7 +131,8 @@ def test_full_mask_is_completed_with_a_warning(model, photo):
     (np.full((8, 8, 3), np.nan, np.float32), np.ones((8, 8)), "NaN"),
     (np.zeros((8, 8, 5), np.uint8), np.ones((8, 8)), "5 channels"),
     (np.zeros((2, 2, 8, 8, 3), np.uint8), np.ones((8, 8)), "expected [H, W]"),
-    (np.zeros((8, 8, 3), np.uint8), np.ones((8, 9)), "does not fit image shape (8, 8, 3)"),
+    (np.zeros((8, 8, 3), np.uint8), np.ones((8, 9)), "shape (8, 9) does not fit image shape "
+     "(8, 8, 3)"),
     (np.zeros((8, 8, 3), np.uint8), np.ones((8, 8, 3)), "one channel"),
     (np.zeros((8, 8, 3), np.uint8), np.full((8, 8), 2, np.int64), "only 0 and 1"),
     (np.zeros((8, 8, 3), np.uint8), np.full((8, 8), 2.0), "float mask must be in [0, 1]"),
