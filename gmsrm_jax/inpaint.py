@@ -219,6 +219,12 @@ class Inpainter:
     if channels not in (1, 2, 3, 4):
       raise ValueError(f"Image shape {shape}: {channels} channels; expected 1 (grey), 2 (grey "
                        "+ alpha), 3 (RGB) or 4 (RGBA).")
+    if self.max_pixels is not None and height * width > self.max_pixels:
+      raise ValueError(
+          f"The image is {width}x{height} ({height * width / 1e6:.1f} MP), above the limit of "
+          f"{self.max_pixels / 1e6:.1f} MP (max_pixels, --max_pixels). The network takes the "
+          "whole image at once (whole-image normalisation: tiles would differ); downscale it, "
+          "or raise the limit if the device has the memory.")
     scale = _image_scale(image)
     if mask.ndim == 4 or (mask.ndim == 3 and mask.shape[:2] == (height, width)):
       if mask.shape[-1] != 1:
@@ -238,12 +244,6 @@ class Inpainter:
     if holes.all(axis=(1, 2)).any():
       logging.warning("A mask covers the whole image: nothing is known, the output is the "
                       "model's guess from nothing.")
-    if self.max_pixels is not None and height * width > self.max_pixels:
-      raise ValueError(
-          f"The image is {width}x{height} ({height * width / 1e6:.1f} MP), above the limit of "
-          f"{self.max_pixels / 1e6:.1f} MP (max_pixels, --max_pixels). The network takes the "
-          "whole image at once (whole-image normalisation: tiles would differ); downscale it, "
-          "or raise the limit if the device has the memory.")
     colour = image[..., :3] if channels >= 3 else np.repeat(image[..., :1], 3, axis=-1)
     unit = colour.astype(np.float32) / np.float32(scale or 1.0)
     pads = [_split(-size % self.multiple) for size in (height, width)]
