@@ -97,6 +97,13 @@ def parse_flags(argv: list[str], *, saved_config: bool = False) -> list[str]:
     argv = with_saved_config(argv)
   try:
     remaining = flags.FLAGS(argv)
+    try:
+      # ml_collections defers a config file's load error (a missing file, or a workdir without
+      # a checkpoint to read the saved config from) to the first access: report it now.
+      _CONFIG.value is not None and _CONFIG.value.get("task")  # pylint: disable=expression-not-assigned
+    except OSError as error:
+      sys.stderr.write(f"FATAL {error}\n")
+      sys.exit(1)
     if _CONFIG.value is None:
       sys.stderr.write("FATAL Flags parsing error: --config is required (a config file, e.g. "
                        "--config=configs/base.py:demo).\n")
