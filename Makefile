@@ -37,7 +37,7 @@ demo-compare: setup
 demo-base: setup
 	$(PY) -m gmsrm_jax.data.prepare --dataset=synthetic_scenes/64 --data_dir=$(DATA_DIR)
 	$(PY) train.py --config=configs/base.py:demo --workdir=$(BASE_DEMO_DIR) --config.data.data_dir=$(DATA_DIR)
-	$(PY) evaluate.py --config=configs/base.py:demo --workdir=$(BASE_DEMO_DIR) --config.data.data_dir=$(DATA_DIR)
+	$(PY) evaluate.py --workdir=$(BASE_DEMO_DIR)  # the run's own config
 	@cat $(BASE_DEMO_DIR)/eval/metrics.md
 
 test: setup

@@ -1,18 +1,11 @@
-"""Evaluates a run's checkpoint (the latest, or --step): same flags as train.py.
+"""Evaluates a run's checkpoint (the latest, or --step): python evaluate.py --workdir=RUN.
 
-Writes eval/metrics.{md,csv,json} and eval/samples_*.png under --workdir.
+The config is the one saved with the checkpoint; --config.* flags override its fields (a
+change to the data or the model is refused unless --allow_config_change names it). Writes
+eval/metrics.{md,csv,json}, eval/samples_*.png and the plots under --workdir.
 """
 
-from gmsrm_jax import cli
-from gmsrm_jax import evaluation
-
-
-def main(argv):
-  del argv
-  config, workdir = cli.setup()
-  evaluation.evaluate(config, workdir, step=cli.STEP.value,
-                      allow_config_change=cli.ALLOW_CONFIG_CHANGE.value)
-
+from gmsrm_jax import commands
 
 if __name__ == "__main__":
-  cli.run(main)
+  commands.evaluate()

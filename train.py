@@ -4,16 +4,7 @@ Exit status: 0 finished; 75 stopped by SIGTERM/SIGINT after saving (rerun to res
 1 an error (e.g. a non-finite loss or state: nothing from that step on was saved).
 """
 
-from gmsrm_jax import cli
-from gmsrm_jax.train import loop
-
-
-def main(argv):
-  del argv
-  config, workdir = cli.setup()
-  loop.train_and_evaluate(config, workdir, step=cli.STEP.value,
-                          allow_config_change=cli.ALLOW_CONFIG_CHANGE.value)
-
+from gmsrm_jax import commands
 
 if __name__ == "__main__":
-  cli.run(main)
+  commands.train()

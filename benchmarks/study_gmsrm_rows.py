@@ -23,6 +23,7 @@ sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 from configs import gmsrm as gmsrm_config  # pylint: disable=g-import-not-at-top
 from gmsrm_jax import evaluation  # pylint: disable=g-import-not-at-top
 from gmsrm_jax import pipeline  # pylint: disable=g-import-not-at-top
+from gmsrm_jax import visualize  # pylint: disable=g-import-not-at-top
 from gmsrm_jax.train import loop  # pylint: disable=g-import-not-at-top
 from gmsrm_jax.train import memory_pretraining  # pylint: disable=g-import-not-at-top
 
@@ -79,9 +80,8 @@ def comparison_grid(workdir: str, rows: list[str], seed: int, setting: str, size
                     images: int = 4, pad: int = 2) -> str:
   """<workdir>/rows_<setting>.png: per test image (a line), the masked input, each row's
   output (left to right in `rows` order) and the ground truth, cut from the runs' evaluation
-  grids (visualize.inpainting_grid: columns masked, output, truth; tiles size + pad apart)."""
-  tile = lambda grid, line, column: grid[line * (size + pad):line * (size + pad) + size,
-                                         column * (size + pad):column * (size + pad) + size]
+  grids (visualize.inpainting_grid: columns masked, output, truth)."""
+  tile = lambda grid, line, column: visualize.grid_tile(grid, line, column, size)
   grids = {row: np.asarray(Image.open(os.path.join(workdir, f"{row}_seed{seed}", "eval",
                                                    f"samples_{setting}.png")).convert("RGB"))
            for row in rows}

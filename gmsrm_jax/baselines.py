@@ -44,6 +44,7 @@ METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 DISPLAY_NAMES = {"telea": "Telea (OpenCV)", "navier_stokes": "Navier-Stokes (OpenCV)",
                  "biharmonic": "biharmonic (scikit-image)"}
+SHORT_NAMES = {"telea": "Telea", "navier_stokes": "N-S", "biharmonic": "biharm."}  # Grid labels.
 
 
 def check_names(names) -> None:

@@ -9,7 +9,8 @@ model are what they would have been: the data position is step x batch size, mas
 augmentation depend on the seed, and the model's fields define what the weights mean. So
 changes to RESUME_GUARDED fields are an error unless named in `allowed`
 (--allow_config_change); the rest (num_steps, intervals, eval.*, learning rates, ...) pass and
-are logged. Evaluation and export guard INFERENCE_GUARDED the same way.
+are logged. Evaluation, export and inpainting guard INFERENCE_GUARDED (the model and the
+data) the same way.
 """
 
 import json
@@ -93,7 +94,15 @@ RESUME_UNGUARDED = (
     "data.num_threads", "data.prefetch",  # Speed only.
     "data.eval_split",  # Not read by training.
 )
-INFERENCE_GUARDED = ("task", "model.")
+# Evaluation, export and inpainting read a trained run: its model, and the data it was trained
+# and is evaluated on (a different dataset or split would not measure the run silently).
+INFERENCE_GUARDED = ("task", "model.", "data.")
+INFERENCE_UNGUARDED = ("model.memory.path", "data.data_dir", "data.manual_dir",
+                       "data.num_threads", "data.prefetch")
+_RESUME_REASON = ("fields that change the next batch or the model (the data position is step "
+                  "x batch size, masks and augmentation follow the seed)")
+INFERENCE_REASON = ("fields that change the model or the data of the trained run (the "
+                    "results would not describe that run)")
 # Fields added after checkpoints were written, with the value that reproduces how those
 # checkpoints were made: a stored config without the field reads as having this value.
 ADDED_FIELDS = {
@@ -147,13 +156,16 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
 
 def check_changes(stored: dict[str, Any], config: ml_collections.ConfigDict, *,
                   guarded: Iterable[str], unguarded: Iterable[str] = (),
-                  allowed: Iterable[str] = (), what: str) -> None:
+                  allowed: Iterable[str] = (), what: str,
+                  reason: str = _RESUME_REASON) -> None:
   """Raises ConfigChangeError for guarded fields that differ from `stored` and are not
   `allowed` (exact names, or "section.*"); logs every other difference.
 
   `stored` is the checkpoint's config (`as_json` form); `what` says which checkpoint.
   """
-  before, after = {**ADDED_FIELDS, **flatten(stored)}, flatten(as_json(config))
+  after = flatten(as_json(config))
+  # Only for configs that have the field now (stage 1's model, for one, has none of them).
+  before = {**{k: v for k, v in ADDED_FIELDS.items() if k in after}, **flatten(stored)}
   allowed = tuple(a[:-1] if a.endswith(".*") else a for a in allowed)
   unknown = [a for a in allowed if not any(_matches(n, [a]) for n in {*before, *after})]
   if unknown:
@@ -166,11 +178,15 @@ def check_changes(stored: dict[str, Any], config: ml_collections.ConfigDict, *,
              and not _matches(n, allowed)]
   if refused:
     raise ConfigChangeError(
-        f"The config differs from the one saved with {what} in fields that change the next "
-        "batch or the model (the data position is step x batch size, masks and augmentation "
-        "follow the seed):\n  " + "\n  ".join(map(describe, refused)) + "\nKeep the saved "
+        f"The config differs from the one saved with {what} in {reason}:\n  "
+        + "\n  ".join(map(describe, refused)) + "\nKeep the saved "
         "values, start a new --workdir, or accept the change explicitly with "
         f"--allow_config_change={','.join(refused)}")
+  overridden = [n for n in changed if _matches(n, guarded) and not _matches(n, unguarded)]
+  if overridden:
+    logging.warning("CONFIG OVERRIDE: %s differs from the config saved with %s, accepted by "
+                    "--allow_config_change:\n  %s", ", ".join(overridden), what,
+                    "\n  ".join(map(describe, overridden)))
   if changed:
     logging.warning("Config changed since %s (fields a resume may change):\n  %s", what,
                     "\n  ".join(map(describe, changed)))

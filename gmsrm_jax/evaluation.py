@@ -13,6 +13,8 @@ Writes under `<workdir>/eval/`:
   table_<name>.{md,csv,json} one per config.eval.tables entry, in the layout of that paper
                             table (TABLES below; docs/REPRODUCE.md says which command fills it);
   samples_<setting>.png     a sample grid per setting;
+  metrics.png               each metric per setting; loss_curves.png, the training losses
+                            from the run's TensorBoard events (gmsrm_jax/plots.py);
   fid_real_stats.npz        the test images' Inception statistics ({"mu", "sigma"}, the
                             pytorch-fid format), when FID ran.
 """
@@ -34,6 +36,7 @@ import numpy as np
 from gmsrm_jax import baselines as baselines_lib
 from gmsrm_jax import config_checks
 from gmsrm_jax import metrics as metrics_lib
+from gmsrm_jax import plots
 from gmsrm_jax import visualize
 from gmsrm_jax import weights as weights_lib
 from gmsrm_jax.data import pipeline
@@ -204,6 +207,110 @@ class _Totals:
     return column_results
 
 
+class Evaluator:
+  """Every mask setting of `config.eval` on given inference variables (big_vision's evaluator
+  shape): evaluate.py runs it once on a restored checkpoint, the training loop every
+  `config.train.eval_every` steps, so TensorBoard shows the numbers evaluate.py writes.
+
+  Construction checks the settings and loads the feature networks (errors come before any
+  model work); the jitted functions are built on the first `run`.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh, *, with_baselines: bool = True):
+    self.config, self.mesh = config, mesh
+    parallel.check_batch_size(config.eval.batch_size, mesh)
+    self.settings = mask_settings(config.eval)
+    # Configs saved before classical baselines existed have no such field.
+    self.baseline_names = tuple(config.eval.get("baselines", ()))
+    baselines_lib.check_names(self.baseline_names)
+    if not with_baselines:
+      self.baseline_names = ()
+    self.networks = load_feature_networks(config.eval, mesh)
+    self._jitted = None
+
+  def _functions(self, components):
+    if self._jitted is None or self._jitted[0] is not components:
+      config, replicated = self.config, parallel.replicated(self.mesh)
+      evaluate_batch = jax.jit(
+          functools.partial(batch_metrics, components, config.eval.lpips_net,
+                            config.eval.fid_image_size), out_shardings=replicated)
+      real_features = jax.jit(
+          functools.partial(inception.fid_features, image_size=config.eval.fid_image_size),
+          out_shardings=replicated)
+      evaluate_output = jax.jit(
+          functools.partial(output_metrics, config.eval.lpips_net, config.eval.fid_image_size),
+          out_shardings=replicated)
+      self._jitted = (components, evaluate_batch, real_features, evaluate_output)
+    return self._jitted[1:]
+
+  def run(self, components, variables, *, samples_dir: str | None = None
+          ) -> tuple[dict[str, dict[str, Any]], dict[str, str], Any,
+                     dict[str, dict[str, dict[str, Any]]]]:
+    """(results {column: {metric: value or None, "images": n}}, unavailable {metric: reason},
+    the real images' FID statistics or None, the classical baselines' results {method:
+    {column: ...}} on the same images and masks); sample grids go to `samples_dir` if given."""
+    config, mesh, networks = self.config, self.mesh, self.networks
+    evaluate_batch, real_features, evaluate_output = self._functions(components)
+    names = ("model", *self.baseline_names)
+    results: dict[str, dict[str, Any]] = {}
+    baseline_results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in self.baseline_names}
+    unavailable = dict(networks.unavailable)
+    with_fid = networks.fid_params is not None
+    # Every setting completes the same test images (only the masks differ), so the real
+    # images' statistics are gathered once, during the first setting.
+    real_stats = None
+    for column, mask_spec in self.settings:
+      totals = {name: _Totals(with_fid) for name in names}
+      collect_real = None
+      if with_fid and real_stats is None:
+        real_stats = collect_real = fid_lib.FeatureStatistics(inception.FEATURE_DIM)
+      first = None
+      for local_batch in pipeline.create_eval_iterator(config, mask_spec=mask_spec,
+                                                       num_images=config.eval.num_images):
+        batch = parallel.global_batch(local_batch, mesh)
+        totals["model"].add(*evaluate_batch(variables, networks.lpips_params,
+                                            networks.fid_params, batch))
+        for name in self.baseline_names:
+          # Each process completes its own rows on the host; the metrics run as for the model.
+          output = parallel.global_batch(
+              {"output": baselines_lib.inpaint(name, local_batch["image"],
+                                               local_batch["mask"])}, mesh)["output"]
+          totals[name].add(output, *evaluate_output(networks.lpips_params,
+                                                    networks.fid_params, output, batch),
+                           batch["weight"])
+        if collect_real is not None:
+          collect_real.update(jax.device_get(real_features(networks.fid_params,
+                                                           batch["image"])),
+                              jax.device_get(batch["weight"]))
+        if first is None:
+          first = {k: np.asarray(multihost_utils.process_allgather(batch[k], tiled=True))
+                   for k in ("image", "mask", "weight")}
+      results[column] = totals["model"].results(real_stats, unavailable)
+      for name in self.baseline_names:
+        baseline_results[name][column] = totals[name].results(real_stats, unavailable)
+      if samples_dir is not None and jax.process_index() == 0:
+        real = first["weight"] > 0  # Padding rows repeat an image: never shown.
+        grid = visualize.inpainting_grid(
+            first["image"][real], first["mask"][real],
+            *(totals[name].first_output[real] for name in names),
+            output_labels=("model", *(baselines_lib.SHORT_NAMES[m]
+                                      for m in self.baseline_names)))
+        visualize.save_png(grid, os.path.join(samples_dir, f"samples_{_slug(column)}.png"))
+      logging.info("Eval %s: %s", column, results[column])
+    # A metric is unavailable everywhere or nowhere.
+    for key in unavailable:
+      for method_results in (results, *baseline_results.values()):
+        for column_results in method_results.values():
+          column_results[key] = None
+    return results, unavailable, real_stats, baseline_results
+
+
+def scalars(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+  """{"eval/<setting>/<metric>": value} of the available metrics, for a metric writer."""
+  return {f"eval/{_slug(column)}/{key}": value for column, values in results.items()
+          for key, value in values.items() if key != "images" and value is not None}
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
              allow_config_change: Sequence[str] = (), out_dir: str | None = None
              ) -> dict[str, Any]:
@@ -215,78 +322,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
   checkpoint is an error naming its step and the others to choose from with `step`.
 
   Returns:
-    {"step", "results": {column: {metric: value or None, "images": n}}, "unavailable":
-    {metric: reason}, "tables": {name: markdown path}}.
+    {"step", "results": {column: {metric: value or None, "images": n}}, "baselines":
+    {method: {column: ...}} (config.eval.baselines), "unavailable": {metric: reason},
+    "tables": {name: markdown path}}.
   """
   config_checks.validate(config)
   workdir = os.path.abspath(workdir)
   mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.eval.batch_size, mesh)
-  settings = mask_settings(config.eval)  # Unknown table names fail before any work.
-  baseline_names = tuple(config.eval.get("baselines", ()))
-  baselines_lib.check_names(baseline_names)
-  networks = load_feature_networks(config.eval, mesh)
+  # Unknown table names and broken weights fail before the checkpoint is read.
+  evaluator = Evaluator(config, mesh)
   components, state, step = loop.restore_run(config, workdir, mesh, step=step,
                                              allow_config_change=allow_config_change)
-  variables = step_lib.inference_variables(config, state)
-  replicated = parallel.replicated(mesh)
-  evaluate_batch = jax.jit(
-      functools.partial(batch_metrics, components, config.eval.lpips_net,
-                        config.eval.fid_image_size), out_shardings=replicated)
-  real_features = jax.jit(
-      functools.partial(inception.fid_features, image_size=config.eval.fid_image_size),
-      out_shardings=replicated)
-
-  evaluate_output = jax.jit(
-      functools.partial(output_metrics, config.eval.lpips_net, config.eval.fid_image_size),
-      out_shardings=replicated)
-  results: dict[str, dict[str, Any]] = {}
-  # method -> column -> metrics: classical inpainting on the same images and masks.
-  baseline_results: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in baseline_names}
-  unavailable = dict(networks.unavailable)
   out_dir = out_dir or os.path.join(workdir, "eval")
-  with_fid = networks.fid_params is not None
-  # Every setting completes the same test images (only the masks differ), so the real
-  # images' statistics are gathered once, during the first setting.
-  real_stats = None
-  for column, mask_spec in settings:
-    totals = {name: _Totals(with_fid) for name in ("model", *baseline_names)}
-    collect_real = None
-    if with_fid and real_stats is None:
-      real_stats = collect_real = fid_lib.FeatureStatistics(inception.FEATURE_DIM)
-    first = None
-    for local_batch in pipeline.create_eval_iterator(config, mask_spec=mask_spec,
-                                                     num_images=config.eval.num_images):
-      batch = parallel.global_batch(local_batch, mesh)
-      totals["model"].add(*evaluate_batch(variables, networks.lpips_params,
-                                          networks.fid_params, batch))
-      for name in baseline_names:
-        # Each process completes its own rows on the host; the metrics run as for the model.
-        output = parallel.global_batch(
-            {"output": baselines_lib.inpaint(name, local_batch["image"], local_batch["mask"])},
-            mesh)["output"]
-        totals[name].add(output, *evaluate_output(networks.lpips_params, networks.fid_params,
-                                                  output, batch), batch["weight"])
-      if collect_real is not None:
-        collect_real.update(jax.device_get(real_features(networks.fid_params, batch["image"])),
-                            jax.device_get(batch["weight"]))
-      if first is None:
-        first = {k: np.asarray(multihost_utils.process_allgather(batch[k], tiled=True))
-                 for k in ("image", "mask")}
-    results[column] = totals["model"].results(real_stats, unavailable)
-    for name in baseline_names:
-      baseline_results[name][column] = totals[name].results(real_stats, unavailable)
-    if jax.process_index() == 0:
-      grid = visualize.inpainting_grid(
-          first["image"], first["mask"],
-          *(totals[name].first_output for name in ("model", *baseline_names)))
-      visualize.save_png(grid, os.path.join(out_dir, f"samples_{_slug(column)}.png"))
-    logging.info("Eval %s: %s", column, results[column])
-  # A metric is unavailable everywhere or nowhere.
-  for key in unavailable:
-    for method_results in (results, *baseline_results.values()):
-      for column_results in method_results.values():
-        column_results[key] = None
+  results, unavailable, real_stats, baseline_results = evaluator.run(
+      components, step_lib.inference_variables(config, state), samples_dir=out_dir)
 
   notes = {}  # metric -> a caveat printed under every table that shows it.
   if "fid" not in unavailable and config.eval.fid_image_size != inception.FID_IMAGE_SIZE:
@@ -296,17 +345,58 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
   tables = {}
   if jax.process_index() == 0:
     label = "EMA" if config.eval.use_ema else "raw"
+    source = provenance(config, step)
     write_tables(results, step, out_dir, weights=label, unavailable=unavailable, notes=notes,
-                 baselines=baseline_results)
+                 source=source, baselines=baseline_results)
     method = config.eval.method_name or config.model.name
     for name in config.eval.tables:
       tables[name] = write_paper_table(name, results, step, out_dir, method=method,
-                                       unavailable=unavailable, notes=notes,
+                                       unavailable=unavailable, notes=notes, source=source,
                                        baselines=baseline_results)
     if real_stats is not None and real_stats.count >= 2:
       real_stats.save(os.path.join(out_dir, "fid_real_stats.npz"))
+    write_plots(results, step, workdir, out_dir)
   return {"step": step, "results": results, "baselines": baseline_results,
           "unavailable": unavailable, "tables": tables}
+
+
+def write_plots(results: dict[str, dict[str, Any]], step: int, workdir: str,
+                out_dir: str) -> list[str]:
+  """metrics.png (each metric per setting) and, when the run has TensorBoard events,
+  loss_curves.png; returns the paths written."""
+  # The default bitmap font has no arrows.
+  panels = {f"{name} ({'higher' if higher else 'lower'} is better)": {column: values[key]
+                                                        for column, values in results.items()}
+            for name, key, higher in METRICS
+            if any(values[key] is not None for values in results.values())}
+  written = [os.path.join(out_dir, "metrics.png")]
+  visualize.save_png(plots.bar_panels(panels, f"Evaluation at step {step}"), written[0])
+  curves = plots.read_scalars(workdir, prefix="loss/")
+  if curves:
+    written.append(os.path.join(out_dir, "loss_curves.png"))
+    visualize.save_png(plots.line_panels(curves, "Training losses (TensorBoard events)"),
+                       written[1])
+  return written
+
+
+def provenance(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
+  """What a results file describes: the dataset, split, step and where the masks came from."""
+  data, eval_config = config.data, config.eval
+  if eval_config.mask_dir:
+    masks = (f"mask folder {eval_config.mask_dir}"
+             + (" (inverted: black = hole)" if eval_config.mask_invert else ""))
+  else:
+    masks = (f"generated, one per image and bin (seed {config.seed}); center masks for "
+             "center settings")
+  return {"dataset": f"{data.name}/{data.builder_config}" if data.builder_config else data.name,
+          "split": data.eval_split, "step": int(step), "model": config.model.name,
+          "weights": "EMA" if eval_config.use_ema else "raw", "masks": masks,
+          "images_requested": eval_config.num_images}
+
+
+def _describe(source: dict[str, Any]) -> str:
+  return (f"{source['model']} at step {source['step']} ({source['weights']} weights) on "
+          f"{source['dataset']}, split {source['split']!r}; masks: {source['masks']}")
 
 
 def _slug(column: str) -> str:
@@ -330,15 +420,19 @@ def _footer(unavailable: dict[str, str], notes: dict[str, str]) -> list[str]:
 def write_tables(results: dict[str, dict[str, Any]], step: int, out_dir: str, weights: str,
                  unavailable: dict[str, str] | None = None,
                  notes: dict[str, str] | None = None,
+                 source: dict[str, Any] | None = None,
                  baselines: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
   """metrics.{json,csv,md}: every metric (rows) x every evaluated setting (columns), then the
-  classical baselines (`baselines[method][column]`) beside the model."""
-  unavailable, notes, baselines = unavailable or {}, notes or {}, baselines or {}
+  classical baselines (`baselines[method][column]`) beside the model; `source` (`provenance`)
+  names the dataset, split, step and masks in each."""
+  unavailable, notes, source = unavailable or {}, notes or {}, source or {}
+  baselines = baselines or {}
   os.makedirs(out_dir, exist_ok=True)
   columns = list(results)
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-    json.dump({"step": step, "weights": weights, "results": results, "baselines": baselines,
-               "unavailable": unavailable, "notes": notes}, f, indent=2)
+    json.dump({"step": step, "weights": weights, **source, "results": results,
+               "baselines": baselines, "unavailable": unavailable, "notes": notes}, f,
+              indent=2)
   with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["metric", *columns])
@@ -348,7 +442,12 @@ def write_tables(results: dict[str, dict[str, Any]], step: int, out_dir: str, we
     for method, method_results in baselines.items():
       for name, key, _ in METRICS:
         writer.writerow([f"{name} [{method}]", *(_csv(method_results[c][key]) for c in columns)])
-  lines = [f"Evaluation at step {step} ({weights} weights); composited outputs.", "",
+    for key in ("dataset", "split", "step", "masks"):
+      if key in source:
+        writer.writerow([key, source[key]])
+  heading = (f"Evaluation of {_describe(source)}; composited outputs." if source else
+             f"Evaluation at step {step} ({weights} weights); composited outputs.")
+  lines = [heading, "",
            "| Metric | " + " | ".join(columns) + " |",
            "|---|" + "---|" * len(columns)]
   for name, key, higher in METRICS:
@@ -435,9 +534,11 @@ def paper_table(name: str, results: dict[str, dict[str, Any]], method: str
 def write_paper_table(name: str, results: dict[str, dict[str, Any]], step: int, out_dir: str,
                       *, method: str, unavailable: dict[str, str],
                       notes: dict[str, str] | None = None,
+                      source: dict[str, Any] | None = None,
                       baselines: dict[str, dict[str, dict[str, Any]]] | None = None) -> str:
   """table_<name>.{md,csv,json} in the layout of that paper table, the model's row(s) first,
   then the classical baselines' (`baselines[method][column]`); returns the .md path."""
+  source = source or {}
   layout = TABLES[name]
   header, rows, values = paper_table(name, results, method)
   baseline_values = {}
@@ -454,8 +555,9 @@ def write_paper_table(name: str, results: dict[str, dict[str, Any]], step: int, 
   images = {label: results[_column(spec)]["images"] for label, spec in layout.settings}
   with open(base + ".json", "w") as f:
     json.dump({"table": name, "title": layout.title, "step": step, "method": method,
-               "values": values, "baselines": baseline_values, "images": images,
-               "unavailable": relevant, "notes": notes}, f, indent=2)
+               **{k: v for k, v in source.items() if k != "step"}, "values": values,
+               "baselines": baseline_values, "images": images, "unavailable": relevant,
+               "notes": notes}, f, indent=2)
   with open(base + ".csv", "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(header)
@@ -464,6 +566,8 @@ def write_paper_table(name: str, results: dict[str, dict[str, Any]], step: int, 
            f"{', '.join(f'{k} {v}' for k, v in images.items())}).", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(row) + " |" for row in rows]
+  if source:
+    lines += ["", f"Source: {_describe(source)}."]
   footer = _footer(relevant, notes)
   if footer:
     lines += [""] + footer

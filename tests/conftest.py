@@ -15,11 +15,14 @@ def tiny_data_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def finished_tiny_run(tiny_data_dir, tmp_path_factory):
-  """(workdir, final state) of tiny_run.config(num_steps=4): checkpoints at steps 2 and 4.
+  """(workdir, final state) of tiny_run.config(num_steps=4): checkpoints at steps 2 and 4,
+  and the in-loop evaluation at step 4 (train.eval_every=4) in its TensorBoard events.
 
   Shared by several modules, so tests must not change it: copy the workdir first.
   """
   import tiny_run  # pylint: disable=g-import-not-at-top
   from gmsrm_jax.train import loop  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("finished_tiny_run"))
-  return workdir, loop.train_and_evaluate(tiny_run.config(tiny_data_dir, 4), workdir)
+  config = tiny_run.config(tiny_data_dir, 4)
+  config.train.eval_every = 4
+  return workdir, loop.train_and_evaluate(config, workdir)

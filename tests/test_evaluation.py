@@ -20,6 +20,8 @@ from configs import base as base_config
 from gmsrm_jax import baselines
 from gmsrm_jax import evaluation
 from gmsrm_jax import metrics
+from gmsrm_jax import visualize
+from gmsrm_jax.data import preprocess
 from gmsrm_jax import weights
 from gmsrm_jax.data import pipeline
 from gmsrm_jax.features import fid
@@ -199,8 +201,11 @@ def test_classical_baselines_on_the_same_images_and_masks(tiny_data_dir, checkpo
   lines = open(out["tables"]["gmsrm_table2"]).read().splitlines()
   assert [line.split(" | ")[1] for line in lines[4:8]] == [
       "Base model", "Telea (OpenCV)", "Navier-Stokes (OpenCV)", "biharmonic (scikit-image)"]
-  # Sample grid columns: masked input, model, the three methods, ground truth.
+  # Sample grid columns: masked input, model, the three methods, ground truth (32-px tiles
+  # are shown enlarged 2x; each column is a tile and a 2-px gap).
   grid = np.asarray(Image.open(os.path.join(eval_dir, "samples_center_50.png")))
-  assert grid.shape[1] == 6 * (config.data.crop_size + 2)
+  assert grid.shape[1] == 6 * (2 * config.data.crop_size + 2)
+  truth = visualize.grid_tile(grid, 0, 5, config.data.crop_size)
+  np.testing.assert_array_equal(truth, preprocess.to_uint8(batches[0]["image"][0]))
   with pytest.raises(ValueError, match="Unknown config.eval.baselines entries \\['opencv'\\]"):
     evaluation.evaluate(_config(tiny_data_dir, baselines=("opencv",)), checkpointed)

@@ -70,6 +70,17 @@ def dataset_info(config: ml_collections.ConfigDict) -> tfds.core.DatasetInfo:
   return _prepared_builder(config).info
 
 
+def check_prepared(config: ml_collections.ConfigDict, splits: Sequence[str]) -> None:
+  """Raises, before any model work, if the dataset is not prepared (DatasetNotPreparedError
+  with the command that prepares it) or lacks one of `splits` (ValueError naming the field)."""
+  available = dataset_info(config).splits
+  for field in splits:
+    split = config.data[field]
+    if split not in available:
+      raise ValueError(f"config.data.{field} = {split!r}: the prepared dataset "
+                       f"{config.data.name} has the splits {sorted(available)}.")
+
+
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
   return dataset_info(config).splits[split].num_examples
 

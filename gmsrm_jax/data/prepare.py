@@ -49,6 +49,12 @@ def prepare(name: str, builder_config: str = "", data_dir: str = "", manual_dir:
       compute_stats=tfds.download.ComputeStatsMode.SKIP,
       max_examples_per_split=max_examples_per_split,
   )
+  # TFDS announces "Downloading and preparing dataset ..." on stdout although these builders
+  # download nothing (they generate, or read --manual_dir); say what actually happens instead.
+  builder._log_download_bytes = lambda: logging.info(  # pylint: disable=protected-access
+      "Preparing %s at %s from %s (nothing is downloaded).", builders.dataset_id(name, builder),
+      builder.data_dir, manual_dir or "its generator")
+  builder._log_download_done = lambda: None  # pylint: disable=protected-access
   # array_record gives random access (tfds.data_source), which the grain pipeline relies on
   # for its step-indexed, resumable iteration.
   builder.download_and_prepare(download_config=download_config, file_format="array_record")

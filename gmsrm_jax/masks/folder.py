@@ -41,10 +41,9 @@ def _mask_values(image: Image.Image) -> np.ndarray:
   return np.asarray(image.convert("RGB")).max(axis=-1)
 
 
-def _read_mask(path: str | os.PathLike, size: generators.Size, invert: bool
-               ) -> tuple[np.ndarray, tuple[int, int]]:
-  """(bool holes [H, W], the file's (height, width)); see load_mask_file."""
-  height, width = generators.as_hw(size)
+def read_holes(path: str | os.PathLike, *, invert: bool = False) -> np.ndarray:
+  """bool [H, W] holes of one mask file at its own size, by `load_mask_file`'s value and
+  threshold rules (no resizing). Raises ValueError naming the file if it cannot be decoded."""
   try:
     with Image.open(path) as image:
       values = _mask_values(image)
@@ -53,8 +52,14 @@ def _read_mask(path: str | os.PathLike, size: generators.Size, invert: bool
   low, high = values.min(), values.max()
   holes = values > (float(low) + float(high)) / 2 if low != high else np.full(values.shape,
                                                                               high > 0)
-  if invert:
-    holes = ~holes
+  return ~holes if invert else holes
+
+
+def _read_mask(path: str | os.PathLike, size: generators.Size, invert: bool
+               ) -> tuple[np.ndarray, tuple[int, int]]:
+  """(bool holes [H, W], the file's (height, width)); see load_mask_file."""
+  height, width = generators.as_hw(size)
+  holes = read_holes(path, invert=invert)
   # Cover the target (NEAREST keeps the mask binary), then crop the overhang at the centre.
   file_height, file_width = holes.shape
   scale = max(height / file_height, width / file_width)

@@ -7,6 +7,7 @@ they live in `TrainState.frozen`, outside the optimizer, and `merge_frozen` puts
 `apply`.
 """
 
+import dataclasses
 from typing import Any, Callable
 
 import flax
@@ -37,23 +38,55 @@ def _bottleneck_of_encoder(model_config) -> str:
   return f"encoder/block_{len(model_config.encoder_channels) - 1}"
 
 
-# name -> (builder, path of its lowest-resolution feature map: where CICM plugs in).
-_BACKBONES: dict[str, tuple[Callable, Callable]] = {
-    "base": (_base, _bottleneck_of_encoder),
+def _encoder_downsamplings(model_config) -> int:
+  return len(model_config.encoder_channels)
+
+
+# name -> (builder, path of its lowest-resolution feature map: where CICM plugs in, number of
+# stride-2 layers between the image and that map).
+_BACKBONES: dict[str, tuple[Callable, Callable, Callable]] = {
+    "base": (_base, _bottleneck_of_encoder, _encoder_downsamplings),
     "unet": (lambda c: UNet(channels=tuple(c.unet_channels), **base.input_and_output_options(c)),
-             lambda c: unet_cicm.FEATURE_MODULE),
-    "gmsrm": (gmsrm.create, _bottleneck_of_encoder),
+             lambda c: unet_cicm.FEATURE_MODULE, lambda c: len(c.unet_channels) - 1),
+    "gmsrm": (gmsrm.create, _bottleneck_of_encoder, _encoder_downsamplings),
 }
+# Backbones that run at their trained size only: GM-SRM's generative memory is a StyleGAN
+# synthesis network that grows square feature maps of fixed sizes from a learned 4x4 constant.
+_FIXED_SIZE = ("gmsrm",)
 
 
-def create_generator(model_config: ml_collections.ConfigDict):
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+  """The image sizes a generator accepts.
+
+  stride: height and width must be multiples of it (the skip connections concatenate maps
+    that halve and double `log2(stride)` times; CICM's regions tile the lowest map).
+  fixed_size: the one (square) size the model runs at, or None for any multiple of stride.
+  """
+  stride: int
+  fixed_size: int | None = None
+
+
+def _backbone(model_config: ml_collections.ConfigDict) -> tuple[Callable, Callable, Callable]:
   name = model_config.name
-  with_cicm = name.endswith(_CICM_SUFFIX)
   backbone_name = name.removesuffix(_CICM_SUFFIX)
   if backbone_name not in _BACKBONES:
     known = sorted([*_BACKBONES, *(f"{b}{_CICM_SUFFIX}" for b in _BACKBONES)])
     raise ValueError(f"Unknown model.name {name!r}; known: {known}.")
-  build, feature_module = _BACKBONES[backbone_name]
+  return _BACKBONES[backbone_name]
+
+
+def input_geometry(model_config: ml_collections.ConfigDict, trained_size: int) -> Geometry:
+  """The sizes the generator of `model_config` (trained on `trained_size`² crops) accepts."""
+  _, _, downsamplings = _backbone(model_config)
+  fixed = model_config.name.removesuffix(_CICM_SUFFIX) in _FIXED_SIZE
+  return Geometry(stride=2 ** downsamplings(model_config),
+                  fixed_size=trained_size if fixed else None)
+
+
+def create_generator(model_config: ml_collections.ConfigDict):
+  build, feature_module, _ = _backbone(model_config)
+  with_cicm = model_config.name.endswith(_CICM_SUFFIX)
   backbone = build(model_config)
   if not with_cicm:
     return backbone
@@ -95,6 +128,6 @@ def load_frozen(model_config: ml_collections.ConfigDict, abstract_frozen: Any, s
   return gmsrm.load_frozen(model_config, abstract_frozen, sharding)
 
 
-__all__ = ["BaseInpaintingNet", "GMSRMNet", "PatchDiscriminator", "UNet", "WithCICM",
-           "composite", "create_discriminator", "create_generator", "load_frozen",
-           "masked_input", "merge_frozen", "split_frozen"]
+__all__ = ["BaseInpaintingNet", "GMSRMNet", "Geometry", "PatchDiscriminator", "UNet", "WithCICM",
+           "composite", "create_discriminator", "create_generator", "input_geometry",
+           "load_frozen", "masked_input", "merge_frozen", "split_frozen"]

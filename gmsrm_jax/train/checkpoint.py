@@ -68,6 +68,32 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
       CONFIG: ocp.args.JsonSave(config.to_dict())}), force=force)
 
 
+def read_config(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
+  """(the config saved with checkpoint `step` (default: the newest), that step), without
+  reading the state: what evaluation, export and inpainting start from.
+
+  Raises FileNotFoundError (with the command to train) when the run has no such checkpoint,
+  CheckpointDamagedError when the config cannot be read.
+  """
+  manager = create_manager(workdir, read_only=True)
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(
+        f"No checkpoint in {checkpoint_dir(workdir)}. Train first: python train.py "
+        f"--config=<config> --workdir={workdir}")
+  if step is not None and step not in steps:
+    raise FileNotFoundError(f"No checkpoint step {step} in {manager.directory}; its steps: "
+                            f"{steps}.")
+  step = steps[-1] if step is None else step
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        CONFIG: ocp.args.JsonRestore()}))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointDamagedError(f"The config of checkpoint step {step} in "
+                                 f"{manager.directory} cannot be read ({_short(e)}).") from e
+  return restored[CONFIG], step
+
+
 def _short(error: BaseException) -> str:
   # tensorstore appends its whole JSON spec to every message.
   text = f"{type(error).__name__}: {error}".split(" [tensorstore_spec=")[0]

@@ -88,7 +88,8 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str, mesh, *,
   Raises FileNotFoundError (with the command to train) when the run has no checkpoint,
   checkpoint.CheckpointMismatchError when it does not fit the config's model,
   checkpoint.CheckpointDamagedError (naming the step and the others) when it cannot be read,
-  and config_checks.ConfigChangeError when the config's model fields differ from the saved.
+  and config_checks.ConfigChangeError when the config's model or data fields differ from the
+  saved ones (unless `allow_config_change` names them: then they are logged as overrides).
   """
   task = tasks.get(config)
   components = task.create_components(config)
@@ -101,8 +102,9 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str, mesh, *,
         f"--config=<the same config> --workdir={workdir}")
   config_checks.check_changes(
       restored.config, config, guarded=config_checks.INFERENCE_GUARDED,
-      unguarded=config_checks.RESUME_UNGUARDED, allowed=allow_config_change,
-      what=f"checkpoint step {restored.step} of {workdir}")
+      unguarded=config_checks.INFERENCE_UNGUARDED, allowed=allow_config_change,
+      what=f"checkpoint step {restored.step} of {workdir}",
+      reason=config_checks.INFERENCE_REASON)
   return components, restored.state, restored.step
 
 
@@ -140,6 +142,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   after saving the current step when SIGTERM/SIGINT arrives.
   """
   config_checks.validate(config)
+  # The data first: an unprepared dataset fails in a second, before model initialisation and
+  # before anything (checkpoint directory, events file) is written to the workdir.
+  pipeline.check_prepared(config, [f for f in ("train_split", "eval_split")
+                                   if f in config.data])
   workdir = os.path.abspath(workdir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.batch_size, mesh)
@@ -180,6 +186,18 @@ def _train(config, workdir, task, components, mesh, manager, state, loss_network
                                      replicated),
                        out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 3))
   sample = task.make_sampler(components, config, mesh)
+  evaluator = None
+  eval_every = config.train.get("eval_every", 0)
+  if eval_every:
+    if config.task != "inpainting":
+      raise ValueError(f"config.train.eval_every={eval_every}: in-loop evaluation is for "
+                       f"inpainting models, not config.task={config.task!r}; set it to 0.")
+    # Imported here: evaluation restores runs through this module.
+    from gmsrm_jax import evaluation  # pylint: disable=g-import-not-at-top
+    from gmsrm_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+    # Bad weights fail before the first step. The classical baselines do not change with the
+    # weights: evaluate.py reports them, the loop does not recompute them every interval.
+    evaluator = evaluation.Evaluator(config, mesh, with_baselines=False)
 
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=num_steps, writer=writer, every_secs=None,
@@ -226,6 +244,12 @@ def _train(config, workdir, task, components, mesh, manager, state, loss_network
 
     if done % config.train.sample_every == 0 or is_last:
       _write_samples(writer, workdir, done, sample(state))
+
+    if evaluator is not None and (done % eval_every == 0 or is_last):
+      # The evaluate.py numbers (same Evaluator) for the weights of this step.
+      with report_progress.timed("eval"):
+        results = evaluator.run(components, step_lib.inference_variables(config, state))[0]
+      writer.write_scalars(done, evaluation.scalars(results))
 
     if save_now:
       with report_progress.timed("checkpoint"):

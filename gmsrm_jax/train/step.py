@@ -148,8 +148,10 @@ def inference_variables(config: ml_collections.ConfigDict, state: TrainState) ->
 
 
 def predict(components: Components, variables: dict[str, Any], image: jax.Array,
-            mask: jax.Array) -> jax.Array:
-  """Inference: the composited output for `inference_variables`."""
-  prediction, _, _, _ = generator_forward(components, variables, image, mask, train=False,
-                                          rng=jax.random.key(0))
+            mask: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+  """Inference: the composited output for `inference_variables`. `rng` draws GM-SRM's
+  stochastic variation (eq. 8); the default key 0 is evaluation's, so outputs repeat."""
+  prediction, _, _, _ = generator_forward(
+      components, variables, image, mask, train=False,
+      rng=jax.random.key(0) if rng is None else rng)
   return models.composite(prediction, image, mask)

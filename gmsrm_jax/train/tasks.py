@@ -54,9 +54,11 @@ def _inpainting_init(components, config, rng):
 def _inpainting_sampler(components, config, mesh):
   batch = next(iter(pipeline.create_eval_iterator(
       config, mask_spec=("bin", "30-40"), num_images=config.eval.batch_size)))
-  inputs = parallel.global_batch({k: batch[k] for k in ("image", "mask")}, mesh)
+  inputs = parallel.global_batch({k: batch[k] for k in ("image", "mask", "weight")}, mesh)
   host = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
           for k, v in inputs.items()}
+  # A test split smaller than the batch is padded with repeats of image 0: show real rows only.
+  real = host["weight"] > 0
   predict = jax.jit(functools.partial(step_lib.predict, components),
                     out_shardings=parallel.replicated(mesh))
 
@@ -64,7 +66,7 @@ def _inpainting_sampler(components, config, mesh):
     output = predict(step_lib.inference_variables(config, state), inputs["image"],
                      inputs["mask"])
     output = np.asarray(multihost_utils.process_allgather(output, tiled=True))
-    return visualize.inpainting_grid(host["image"], host["mask"], output)
+    return visualize.inpainting_grid(host["image"][real], host["mask"][real], output[real])
 
   return sample
 
