@@ -10,6 +10,7 @@ import pytest
 import tiny_run
 from gmsrm_jax import cli
 from gmsrm_jax.data import builders
+from gmsrm_jax.data import pipeline
 from gmsrm_jax.data import prepare
 from gmsrm_jax.train import loop
 
@@ -31,6 +32,13 @@ def test_a_missing_split_is_named_before_the_model(tiny_data_dir, tmp_path, monk
                      r"'train'\]"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+  # Slices of a split are splits (a validation set held out of train), checked the same way.
+  config.data.eval_split = "train[100:]"
+  pipeline.check_prepared(config, ["train_split", "eval_split"])
+  config.data.train_split = "train[:100000]"
+  with pytest.raises(ValueError, match=r"config.data.train_split = 'train\[:100000\]'.*"
+                     r"incompatible with 128 examples"):
+    pipeline.check_prepared(config, ["train_split", "eval_split"])
 
 
 def test_prepare_does_not_claim_to_download(tmp_path, capfd):

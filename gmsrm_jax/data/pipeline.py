@@ -76,9 +76,12 @@ def check_prepared(config: ml_collections.ConfigDict, splits: Sequence[str]) -> 
   available = dataset_info(config).splits
   for field in splits:
     split = config.data[field]
-    if split not in available:
-      raise ValueError(f"config.data.{field} = {split!r}: the prepared dataset "
-                       f"{config.data.name} has the splits {sorted(available)}.")
+    try:
+      available[split]  # TFDS split strings, slices included: "train[:3744]", "train[90%:]".
+    except ValueError as error:
+      raise ValueError(f"config.data.{field} = {split!r}: not a split of the prepared dataset "
+                       f"{config.data.name}, which has {sorted(available)} (slices such as "
+                       f"'train[:90%]' work): {error}") from None
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
