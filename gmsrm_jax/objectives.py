@@ -23,6 +23,7 @@ class Objective(Protocol):
                       real_logits: jax.Array, fake_logits: jax.Array,
                       loss_networks: dict[str, Any]) -> dict[str, jax.Array]:
     """Unweighted loss terms of G. `real_logits` are D on the ground truth (no G gradient);
+    both logits are None when the adversarial term is off (no "adv_g" term then);
     `loss_networks` are the frozen networks `loss_networks(config)` loaded."""
 
   def generator_total(self, terms: dict[str, jax.Array],
@@ -65,16 +66,18 @@ class GMSRMObjective:
   def generator_terms(self, *, image, mask, prediction, real_logits, fake_logits,
                       loss_networks):
     del real_logits  # Eq. 12 only looks at the fake.
-    terms = {**losses.reconstruction_losses(prediction, image, mask),
-             "adv_g": losses.generator_adversarial_loss(fake_logits)}
+    terms = losses.reconstruction_losses(prediction, image, mask)
+    if fake_logits is not None:
+      terms["adv_g"] = losses.generator_adversarial_loss(fake_logits)
     if VGG19 in loss_networks:
       terms["perceptual"] = losses.perceptual_loss(loss_networks[VGG19], prediction, image)
     return terms
 
   def generator_total(self, terms, loss_config):
     total = (loss_config.rec_weight * losses.reconstruction_loss(terms, loss_config.gamma)
-             + loss_config.adv_weight * terms["adv_g"]
              + weighted_auxiliary(terms, self._OWN, loss_config))
+    if "adv_g" in terms:
+      total += loss_config.adv_weight * terms["adv_g"]
     if "perceptual" in terms:
       total += loss_config.perceptual_weight * terms["perceptual"]
     return total
@@ -136,13 +139,17 @@ class CICMObjective:
   def generator_terms(self, *, image, mask, prediction, real_logits, fake_logits,
                       loss_networks):
     del mask, loss_networks  # Eq. 5 compares the whole image; CICM has no frozen loss nets.
-    return {"inpaint": jnp.mean(jnp.square(prediction - image)),
-            "adv_g": relativistic_generator_loss(real_logits, fake_logits)}
+    terms = {"inpaint": jnp.mean(jnp.square(prediction - image))}
+    if fake_logits is not None:
+      terms["adv_g"] = relativistic_generator_loss(real_logits, fake_logits)
+    return terms
 
   def generator_total(self, terms, loss_config):
-    return (loss_config.inpaint_weight * terms["inpaint"]
-            + loss_config.adv_weight * terms["adv_g"]
-            + weighted_auxiliary(terms, self._OWN, loss_config))
+    total = (loss_config.inpaint_weight * terms["inpaint"]
+             + weighted_auxiliary(terms, self._OWN, loss_config))
+    if "adv_g" in terms:
+      total += loss_config.adv_weight * terms["adv_g"]
+    return total
 
   def discriminator_loss(self, real_logits, fake_logits):
     return relativistic_discriminator_loss(real_logits, fake_logits)

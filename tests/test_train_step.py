@@ -84,6 +84,23 @@ def test_step_updates_every_part_of_the_state_and_ema_formula():
     assert np.isfinite(metrics[0][key]), key
 
 
+def test_without_the_adversarial_term_the_discriminator_is_skipped(monkeypatch):
+  config = base_config.get_config("tiny")
+  config.loss.adv_weight = 0.0
+  before, skipped, metrics = _run(config, jax.devices()[:1], num_steps=1, keep_initial=True)
+  assert not any(k.startswith(("disc/", "loss/d", "loss/adv", "grad_norm/d")) for k in metrics[0])
+  for name in ("d_params", "d_opt_state", "d_state"):  # Untouched, not merely unchanged.
+    for a, b in zip(jax.tree.leaves(getattr(before, name)), jax.tree.leaves(getattr(skipped, name))):
+      np.testing.assert_array_equal(a, b)
+  # The generator's update is bit-identical to the one the step with the discriminator (and
+  # the adversarial term weighted 0) computes.
+  monkeypatch.setattr(step_lib, "uses_discriminator", lambda config: True)
+  _, with_disc, metrics_with = _run(config, jax.devices()[:1], num_steps=1, keep_initial=True)
+  assert "loss/d" in metrics_with[0]
+  for a, b in zip(jax.tree.leaves(with_disc.g_params), jax.tree.leaves(skipped.g_params)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_ema_warmup_decay_by_hand():
   # (1 + t) / (10 + t) until it reaches the configured decay, then the decay.
   for step, expected in ((0, 0.1), (1, 2 / 11), (90, 91 / 100), (989, 0.99), (5000, 0.99)):

@@ -52,6 +52,7 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
   step_rng = jax.random.fold_in(state.rng, state.step)
   disc = components.discriminator
   objective = objectives.get(config.loss)
+  adversarial = uses_discriminator(config)
 
   def discriminate(d_params, images, *, update_stats):
     # Real and fake in one call: one spectral-norm power iteration per step, one D launch.
@@ -74,8 +75,10 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
         components, generator_variables(g_params, state.g_state, state.frozen), image, mask,
         train=True, rng=step_rng)
     completed = models.composite(prediction, image, mask)
-    real_logits, fake_logits, _ = discriminate(
-        state.d_params, jnp.concatenate([image, completed]), update_stats=False)
+    real_logits = fake_logits = None
+    if adversarial:
+      real_logits, fake_logits, _ = discriminate(
+          state.d_params, jnp.concatenate([image, completed]), update_stats=False)
     terms = {**objective.generator_terms(image=image, mask=mask, prediction=prediction,
                                          real_logits=real_logits, fake_logits=fake_logits,
                                          loss_networks=loss_networks or {}),
@@ -85,6 +88,18 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
 
   (g_total, (g_terms, completed, new_g_state, diagnostics)), g_grads = jax.value_and_grad(
       g_loss_fn, has_aux=True)(state.g_params)
+
+  g_updates, g_opt_state = components.g_tx.update(g_grads, state.g_opt_state, state.g_params)
+  g_params = optax.apply_updates(state.g_params, g_updates)
+  new_state = state.replace(
+      step=state.step + 1, g_params=g_params, g_opt_state=g_opt_state,
+      ema_params=ema_update(state.ema_params, g_params, ema_decay_at(
+          state.step, config.train.ema_decay, config.train.get("ema_warmup", False))),
+      g_state=new_g_state)
+  metrics = {**{f"loss/{k}": v for k, v in g_terms.items()}, "loss/g_total": g_total,
+             "grad_norm/g": optax.tree.norm(g_grads), **diagnostics}
+  if not adversarial:
+    return new_state, metrics
 
   fake = jax.lax.stop_gradient(completed)
 
@@ -96,24 +111,19 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
 
   (d_loss, (new_d_state, real_mean, fake_mean)), d_grads = jax.value_and_grad(
       d_loss_fn, has_aux=True)(state.d_params)
-
-  g_updates, g_opt_state = components.g_tx.update(g_grads, state.g_opt_state, state.g_params)
-  g_params = optax.apply_updates(state.g_params, g_updates)
   d_updates, d_opt_state = components.d_tx.update(d_grads, state.d_opt_state, state.d_params)
-  d_params = optax.apply_updates(state.d_params, d_updates)
-
-  new_state = state.replace(
-      step=state.step + 1, g_params=g_params, d_params=d_params, g_opt_state=g_opt_state,
-      d_opt_state=d_opt_state,
-      ema_params=ema_update(state.ema_params, g_params, ema_decay_at(
-          state.step, config.train.ema_decay, config.train.get("ema_warmup", False))),
-      g_state=new_g_state, d_state=new_d_state)
-  metrics = {**{f"loss/{k}": v for k, v in g_terms.items()},
-             "loss/g_total": g_total, "loss/d": d_loss,
-             "disc/real_logit": real_mean, "disc/fake_logit": fake_mean,
-             "grad_norm/g": optax.tree.norm(g_grads),
-             "grad_norm/d": optax.tree.norm(d_grads), **diagnostics}
+  new_state = new_state.replace(d_params=optax.apply_updates(state.d_params, d_updates),
+                                d_opt_state=d_opt_state, d_state=new_d_state)
+  metrics.update({"loss/d": d_loss, "disc/real_logit": real_mean,
+                  "disc/fake_logit": fake_mean, "grad_norm/d": optax.tree.norm(d_grads)})
   return new_state, metrics
+
+
+def uses_discriminator(config: ml_collections.ConfigDict) -> bool:
+  """Whether the step trains and queries the discriminator: not when the adversarial term has
+  weight 0 (the short-run demos, DESIGN Q8), where it would be a third of the step's work
+  spent on a loss nobody minimises. The discriminator's state then stays as initialised."""
+  return config.loss.adv_weight != 0.0
 
 
 def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
