@@ -64,6 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      " (optionally followed by ',<ablation>').")
   config = base.get_config(variant if variant in _SYNTHETIC else "")
   config.model.name = "gmsrm"
+  if variant == "demo":
+    # Half the base demo's steps: a GM-SRM step costs ~1.3x a base step and `make demo` also
+    # pre-trains the memory; at 1,500 steps it ties biharmonic inpainting (docs/QUALITY.md).
+    config.train.num_steps = 1500
 
   gmsrm = config.model.gmsrm = ml_collections.ConfigDict()
   gmsrm.conditional_noise = True  # Eq. 8 (False: N(0, 1) noise, GM-BM).
