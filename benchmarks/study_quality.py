@@ -1,7 +1,7 @@
 """Why the demo models lost to classical inpainting: controlled runs on a validation split.
 
   python benchmarks/study_quality.py --workdir=runs/quality_study \
-      --variants=paper,lr,cosine,overlay,recipe [--seeds=0] [--parallel=2] [--data_dir=...]
+      --variants=r0,r1,r2,r3,r4,r5,r6,r8,r7 [--seeds=0,1,2] [--parallel=2] [--data_dir=...]
 
 Each variant is configs/<config> (default configs/base.py:demo) with the overrides in
 VARIANTS, trained with one seed on train[:3744] of synthetic_scenes/64 and evaluated on the
@@ -27,11 +27,26 @@ from gmsrm_jax import baselines  # pylint: disable=g-import-not-at-top
 
 # The validation protocol: the last 256 training images are held out for choosing settings.
 SPLITS = ("--config.data.train_split=train[:3744]", "--config.data.eval_split=train[3744:]")
-# Variant -> overrides of the config (the demo's own settings when empty).
+# The demo before issue #12 (configs/base.py:demo without short_run_recipe, 1,500 steps).
+_OLD_DEMO = ["--config.model.hole_fill=zero", "--config.model.residual_output=False",
+             "--config.masks.ratio_sampling=natural", "--config.optim.learning_rate=2e-4",
+             "--config.optim.d_learning_rate=2e-4", "--config.optim.schedule=constant",
+             "--config.optim.warmup_steps=0", "--config.loss.adv_weight=0.01",
+             "--config.train.ema_warmup=False", "--config.train.num_steps=1500"]
+_RECIPE_1500 = ["--config.train.num_steps=1500"]  # short_run_recipe at r6's budget.
+# Variant -> overrides of the config (docs/QUALITY.md's rows; the demo itself when empty).
 VARIANTS = {
-    # The demo as it was: Adam 2e-4 constant, natural masks, EMA without warm-up.
-    "paper": ["--config.train.ema_warmup=False"],
-    "lr": ["--config.optim.learning_rate=1e-3", "--config.optim.d_learning_rate=1e-3"],
+    "r0": _OLD_DEMO,
+    "r1": _OLD_DEMO + ["--config.optim.learning_rate=1e-3", "--config.optim.d_learning_rate=1e-3"],
+    "r2": _OLD_DEMO + ["--config.model.output_skip=False"],
+    "r3": _OLD_DEMO + ["--config.optim.learning_rate=2e-3", "--config.optim.d_learning_rate=2e-3",
+                       "--config.optim.schedule=cosine", "--config.optim.warmup_steps=100",
+                       "--config.masks.ratio_sampling=overlay", "--config.train.ema_warmup=True"],
+    "r4": _RECIPE_1500 + ["--config.model.fill_iterations=0", "--config.loss.adv_weight=0.01"],
+    "r5": _RECIPE_1500 + ["--config.model.fill_iterations=8", "--config.loss.adv_weight=0.01"],
+    "r6": _RECIPE_1500,
+    "r8": _RECIPE_1500 + ["--config.loss.adv_weight=0.01"],
+    "r7": [],  # The base demo as it is: short_run_recipe, 3,000 steps.
 }
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quality_study", "Where the runs go.")
