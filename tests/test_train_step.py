@@ -90,7 +90,8 @@ def test_without_the_adversarial_term_the_discriminator_is_skipped(monkeypatch):
   before, skipped, metrics = _run(config, jax.devices()[:1], num_steps=1, keep_initial=True)
   assert not any(k.startswith(("disc/", "loss/d", "loss/adv", "grad_norm/d")) for k in metrics[0])
   for name in ("d_params", "d_opt_state", "d_state"):  # Untouched, not merely unchanged.
-    for a, b in zip(jax.tree.leaves(getattr(before, name)), jax.tree.leaves(getattr(skipped, name))):
+    for a, b in zip(jax.tree.leaves(getattr(before, name)),
+                    jax.tree.leaves(getattr(skipped, name))):
       np.testing.assert_array_equal(a, b)
   # The generator's update is bit-identical to the one the step with the discriminator (and
   # the adversarial term weighted 0) computes.
