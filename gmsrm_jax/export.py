@@ -100,9 +100,14 @@ def export(config: ml_collections.ConfigDict, workdir: str, out_dir: str | None 
   variables = jax.device_get(step_lib.inference_variables(config, state))
   size = config.data.crop_size
   geometry = models.input_geometry(config.model, size)
+  serialized_geometry = geometry
+  if not models.shape_polymorphic(config.model):
+    # The serialized function cannot take symbolic sizes; it serves the trained size, and
+    # gmsrm_jax.inpaint.load(export) still runs the model at any size from its variables.
+    serialized_geometry = dataclasses.replace(geometry, fixed_size=size)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
   exported = jax.export.export(jax.jit(_completion(components)), platforms=tuple(platforms))(
-      abstract, *_image_shapes(geometry))
+      abstract, *_image_shapes(serialized_geometry))
 
   os.makedirs(out_dir, exist_ok=True)
   variables_dir = os.path.join(out_dir, VARIABLES)
@@ -112,7 +117,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, out_dir: str | None 
     f.write(exported.serialize())
   with open(os.path.join(out_dir, CONFIG), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-  card = model_card(config, step, workdir, geometry)
+  card = model_card(config, step, workdir, geometry, serialized_geometry)
   with open(os.path.join(out_dir, MODEL_CARD_JSON), "w") as f:
     json.dump(card, f, indent=2)
   with open(os.path.join(out_dir, MODEL_CARD), "w") as f:
@@ -121,7 +126,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, out_dir: str | None 
       os.path.relpath(os.path.join(root, name), out_dir)
       for root, _, names in os.walk(variables_dir) for name in names]
   manifest = {"format": FORMAT, "step": int(step), "image_size": size,
-              "stride": geometry.stride, "fixed_size": geometry.fixed_size,
+              "stride": geometry.stride, "fixed_size": serialized_geometry.fixed_size,
               "params": "ema" if config.eval.use_ema else "online",
               "collections": sorted(variables), "platforms": list(platforms),
               "sha256": {name: weights.sha256(os.path.join(out_dir, name))
@@ -131,8 +136,8 @@ def export(config: ml_collections.ConfigDict, workdir: str, out_dir: str | None 
   return out_dir
 
 
-def model_card(config: ml_collections.ConfigDict, step: int, workdir: str, geometry
-               ) -> dict[str, Any]:
+def model_card(config: ml_collections.ConfigDict, step: int, workdir: str, geometry,
+               serialized_geometry=None) -> dict[str, Any]:
   """What the exported model is, what it was trained on, how to feed it, and its limits."""
   from gmsrm_jax import evaluation  # pylint: disable=g-import-not-at-top
   metrics_path = os.path.join(workdir, "eval", "metrics.json")
@@ -141,10 +146,17 @@ def model_card(config: ml_collections.ConfigDict, step: int, workdir: str, geome
     with open(metrics_path) as f:
       evaluation_table = json.load(f)
   data = config.data
-  sizes = (f"{geometry.fixed_size}x{geometry.fixed_size} only (other sizes: "
-           "gmsrm_jax.inpaint pads to a square and resizes)" if geometry.fixed_size else
-           f"any height and width that are multiples of {geometry.stride} (gmsrm_jax.inpaint "
-           "pads any other size by reflection and crops back)")
+  serialized_geometry = serialized_geometry or geometry
+  if geometry.fixed_size:
+    sizes = (f"{geometry.fixed_size}x{geometry.fixed_size} only (other sizes: "
+             "gmsrm_jax.inpaint pads to a square and resizes)")
+  elif serialized_geometry.fixed_size:
+    sizes = (f"the serialized function (load_serving): {serialized_geometry.fixed_size}x"
+             f"{serialized_geometry.fixed_size}; gmsrm_jax.inpaint.load runs the model on any "
+             f"height and width (padded by reflection to a multiple of {geometry.stride})")
+  else:
+    sizes = (f"any height and width that are multiples of {geometry.stride} "
+             "(gmsrm_jax.inpaint pads any other size by reflection and crops back)")
   return {
       "model_family": config.model.name,
       "step": int(step),

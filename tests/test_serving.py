@@ -158,3 +158,31 @@ def test_serving_needs_neither_tensorflow_nor_the_model_code(exported, tmp_path)
       mask.astype(np.float32)[None, None, :, None], (2, 28, 44, 1)), inpaint.jax.random.key(0))
   np.testing.assert_allclose(served, expected, atol=1e-5)
   np.testing.assert_array_equal(served[..., ~mask, :], image[..., ~mask, :])
+
+
+def test_an_export_with_the_pyramid_prior_serves_its_trained_size(finished_tiny_run, tmp_path):
+  """The prior's pyramid depth depends on the image size, so its serialized function takes
+  the trained size only; inpaint.load(export) still runs it at any size."""
+  from gmsrm_jax import export as export_lib  # pylint: disable=g-import-not-at-top
+  workdir, _ = finished_tiny_run
+  config = saved_config.get_config(f":{workdir}")
+  config.model.hole_fill = "pyramid"  # Same parameters: the prior only changes the input.
+  out = export_lib.export(config, workdir, str(tmp_path / "export"), platforms=("cpu",),
+                          allow_config_change=["model.hole_fill"])
+  size = config.data.crop_size
+  manifest = json.load(open(os.path.join(out, "manifest.json")))
+  assert manifest["fixed_size"] == size and manifest["stride"] == 4
+  serve = export_lib.load_serving(out)
+  image = np.zeros((2, size, size, 3), np.float32)
+  mask = np.zeros((2, size, size, 1), np.float32)
+  mask[:, 8:20, 8:20] = 1
+  assert serve(image, mask).shape == image.shape
+  with pytest.raises(ValueError, match=f"takes {size}x{size} images"):
+    serve(np.zeros((1, 2 * size, size, 3), np.float32), np.zeros((1, 2 * size, size, 1),
+                                                                 np.float32))
+  photo = np.full((37, 53, 3), 100, np.uint8)
+  hole = np.zeros((37, 53), bool)
+  hole[10:20, 10:30] = True
+  filled = inpaint.load(out)(photo, hole)
+  assert filled.shape == photo.shape and np.array_equal(filled[~hole], photo[~hole])
+  assert "load_serving): 32x32" in open(os.path.join(out, "MODEL_CARD.md")).read()

@@ -84,6 +84,13 @@ def input_geometry(model_config: ml_collections.ConfigDict, trained_size: int) -
                   fixed_size=trained_size if fixed else None)
 
 
+def shape_polymorphic(model_config: ml_collections.ConfigDict) -> bool:
+  """Whether the generator traces with symbolic image sizes (jax.export): not with the pyramid
+  prior, whose number of levels depends on the size."""
+  return (model_config.name.removesuffix(_CICM_SUFFIX) not in _FIXED_SIZE
+          and base.input_and_output_options(model_config)["hole_fill"] == "zero")
+
+
 def create_generator(model_config: ml_collections.ConfigDict):
   build, feature_module, _ = _backbone(model_config)
   with_cicm = model_config.name.endswith(_CICM_SUFFIX)
