@@ -102,6 +102,22 @@ def test_without_the_adversarial_term_the_discriminator_is_skipped(monkeypatch):
     np.testing.assert_array_equal(a, b)
 
 
+def test_learning_rate_schedules():
+  config = base_config.get_config("tiny")
+  assert state_lib.learning_rate(config.optim, 2e-4, 100) == 2e-4  # A float: no schedule state.
+  config.optim.schedule = "cosine"
+  config.optim.warmup_steps = 10
+  config.optim.final_lr_fraction = 0.1
+  schedule = state_lib.learning_rate(config.optim, 1e-3, 110)
+  # Linear warm-up from 0, the peak at the end of it, cosine half-way, the floor at the end.
+  for step, expected in ((0, 0.0), (5, 5e-4), (10, 1e-3), (60, 1e-4 + 0.9e-3 * 0.5),
+                         (110, 1e-4), (500, 1e-4)):
+    np.testing.assert_allclose(schedule(step), expected, rtol=1e-5, atol=1e-9)
+  config.optim.schedule = "linear"
+  with pytest.raises(ValueError, match="config.optim.schedule 'linear'"):
+    state_lib.learning_rate(config.optim, 1e-3, 110)
+
+
 def test_ema_warmup_decay_by_hand():
   # (1 + t) / (10 + t) until it reaches the configured decay, then the decay.
   for step, expected in ((0, 0.1), (1, 2 / 11), (90, 91 / 100), (989, 0.99), (5000, 0.99)):

@@ -25,7 +25,7 @@ TEST_STREAM = zlib.crc32(b"gmsrm_jax.masks.mask_in_bin")
 # rejects ~15% of free-form and ~26% of rectangle draws, so 10 tries fail ~1e-6 of the time.
 MAX_TRAINING_TRIES = 10
 # Draws `ratio_sampling = "overlay"` may overlay (or throw away on overshoot) before nudging.
-MAX_UNIFORM_LAYERS = 12
+MAX_OVERLAY_LAYERS = 12
 # Strokes mask_in_bin may draw (and throw away on overshoot) before its morphological fallback.
 MAX_TEST_STROKES = 64
 
@@ -163,7 +163,7 @@ def _overlay_mask(rng, size, mask_config, irregular: bool, lo_count: int, hi_cou
   target = int(rng.integers(lo_count, hi_count + 1))
   mask = np.zeros(size, bool)
   count = 0
-  for _ in range(MAX_UNIFORM_LAYERS):
+  for _ in range(MAX_OVERLAY_LAYERS):
     if irregular:
       layer = _free_form_from_config(rng, size, mask_config.free_form)
     else:
