@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-# GM-SRM from one command on CPU (~15 min): prepares the embedded synthetic dataset, pre-trains
+# GM-SRM from one command on CPU (~13 min on 2 idle cores): prepares the embedded synthetic dataset, pre-trains
 # the generative memory (stage 1), exports it, trains stage 2 with it frozen, evaluates and
 # prints the table. Grids: $(DEMO_DIR)/eval/*.png; memory report: $(DEMO_DIR)/stage1/report.png.
 demo: setup
