@@ -92,21 +92,14 @@ def mask_in_bin(mask_config, size: generators.Size, *, seed: int, index: int, bi
   min_width, max_width = generators.brush_width_range(
       (height, width), mask_config.free_form.max_width_frac)
 
-  mask = np.zeros((height, width), bool)
-  count = 0
-  for _ in range(MAX_TEST_STROKES):
+  def stroke():
     layer = Image.new("L", (width, height), 0)
-    stroke = generators.random_strokes(
+    generators.draw_strokes(ImageDraw.Draw(layer), generators.random_strokes(
         rng, height, width, num_strokes=1, max_vertices=mask_config.free_form.max_vertices,
-        min_width=min_width, max_width=max_width)
-    generators.draw_strokes(ImageDraw.Draw(layer), stroke)
-    grown = mask | np.asarray(layer, bool)
-    grown_count = int(np.count_nonzero(grown))
-    if grown_count > hi_count:
-      continue
-    mask, count = grown, grown_count
-    if count >= target:
-      break
+        min_width=min_width, max_width=max_width))
+    return np.asarray(layer, bool)
+
+  mask = _overlay_until(stroke, (height, width), target, hi_count, MAX_TEST_STROKES)
   return nudge_into(mask, lo_count, hi_count).astype(np.float32)
 
 
@@ -161,21 +154,27 @@ def _overlay_mask(rng, size, mask_config, irregular: bool, lo_count: int, hi_cou
   bins from 0-10% to 50-60% (mean 0.38; the natural sampler's mean is 0.17).
   """
   target = int(rng.integers(lo_count, hi_count + 1))
+  if irregular:
+    draw = lambda: _free_form_from_config(rng, size, mask_config.free_form).astype(bool)
+  else:
+    draw = lambda: _rectangles_from_config(rng, size, mask_config.rect).astype(bool)
+  mask = _overlay_until(draw, size, target, hi_count, MAX_OVERLAY_LAYERS)
+  return nudge_into(mask, target, hi_count).astype(np.float32)
+
+
+def _overlay_until(draw, size, target: int, hi_count: int, max_layers: int) -> np.ndarray:
+  """Unions `draw()` layers (bool [H, W]) into an empty mask until it has >= `target` holes;
+  a layer that would take it past `hi_count` is dropped. At most `max_layers` draws."""
   mask = np.zeros(size, bool)
-  count = 0
-  for _ in range(MAX_OVERLAY_LAYERS):
-    if irregular:
-      layer = _free_form_from_config(rng, size, mask_config.free_form)
-    else:
-      layer = _rectangles_from_config(rng, size, mask_config.rect)
-    grown = mask | layer.astype(bool)
+  for _ in range(max_layers):
+    grown = mask | draw()
     grown_count = int(np.count_nonzero(grown))
     if grown_count > hi_count:
       continue
-    mask, count = grown, grown_count
-    if count >= target:
+    mask = grown
+    if grown_count >= target:
       break
-  return nudge_into(mask, target, hi_count).astype(np.float32)
+  return mask
 
 
 def _free_form_from_config(rng, size, free_form_config) -> np.ndarray:
