@@ -66,6 +66,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # of that fill instead of the image (needs "pyramid"). docs/QUALITY.md measures both.
   config.model.hole_fill = "zero"
   config.model.fill_iterations = 8  # Jacobi steps per pyramid level of the "pyramid" fill.
+  # Then Richardson steps per level towards biharmonic inpainting (base.pyramid_fill).
+  config.model.fill_biharmonic_iterations = 0
   config.model.residual_output = False
 
   # Discriminator: spectral-normalised conditional PatchGAN (eqs. 12-13).

@@ -71,6 +71,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "masks.irregular_prob": _PROBABILITY,
     "masks.hole_ratio_range": _RATIO_RANGE,
     "model.fill_iterations": _NON_NEGATIVE_INT,
+    "model.fill_biharmonic_iterations": _NON_NEGATIVE_INT,
     "model.hole_fill": ((lambda v: v in ("zero", "pyramid")), '"zero" or "pyramid"'),
     "masks.ratio_sampling": ((lambda v: v in ("natural", "overlay")), '"natural" or "overlay"'),
     "optim.learning_rate": _NON_NEGATIVE,
@@ -111,6 +112,7 @@ ADDED_FIELDS = {
     "model.output_skip": True,
     "model.hole_fill": "zero",
     "model.fill_iterations": 8,
+    "model.fill_biharmonic_iterations": 0,
     "model.residual_output": False,
 }
 

@@ -74,6 +74,29 @@ def test_pyramid_fill():
   np.testing.assert_array_equal(base.network_input(other, mask, "pyramid")[1], prior)
 
 
+
+def test_biharmonic_relaxation_of_the_pyramid_fill():
+  """The Richardson steps move the fill towards scikit-image's biharmonic inpainting (an
+  independent solver) on a curved surface, where a harmonic fill sags; known pixels stay."""
+  from skimage.restoration import inpaint_biharmonic  # pylint: disable=g-import-not-at-top
+  x = jnp.linspace(-1, 1, 64)
+  bowl = jnp.broadcast_to((x[None, :]**2 + 0.5 * x[:, None]**2 - 0.5)[None, :, :, None],
+                          (1, 64, 64, 3))
+  hole = jnp.zeros((1, 64, 64, 1)).at[:, 14:42, 20:44].set(1.0)
+  in_hole = np.broadcast_to(np.asarray(hole[0]) > 0, (64, 64, 3))
+  reference = inpaint_biharmonic(np.array(bowl[0]), in_hole[..., 0].copy(), channel_axis=-1)
+  fill = jax.jit(base.pyramid_fill, static_argnums=(2, 3))
+  error = lambda steps: np.abs(np.asarray(fill(bowl, hole, 32, steps))[0] - reference)[in_hole]
+  harmonic, relaxed = error(0), error(256)
+  # Measured: max 0.153 -> 0.095, mean error about halved.
+  assert relaxed.max() < 0.75 * harmonic.max() and relaxed.mean() < 0.7 * harmonic.mean()
+  image = jax.random.uniform(jax.random.key(0), (2, 37, 53, 3), minval=-1, maxval=1)
+  mask = (jax.random.uniform(jax.random.key(1), (2, 37, 53, 1)) < 0.6).astype(jnp.float32)
+  filled = np.asarray(fill(image, mask, 32, 256))
+  assert np.all(np.abs(filled) < 2.0)  # Stable on noise (overshoot is biharmonic's own).
+  known = np.broadcast_to(np.asarray(mask) == 0, image.shape)
+  np.testing.assert_allclose(filled[known], np.asarray(image)[known], atol=1e-6)
+
 def test_residual_output_starts_at_the_prior():
   net = models.BaseInpaintingNet(encoder_channels=(8, 16), stem_channels=4, ca_reduction=2,
                                  hole_fill="pyramid", residual_output=True)

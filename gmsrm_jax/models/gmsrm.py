@@ -96,6 +96,7 @@ class GMSRMNet(nn.Module):
   output_skip: bool = True  # Stem features beside F_D at the output conv (base.Decoder).
   hole_fill: str = "zero"  # base.network_input
   fill_iterations: int = 8  # base.pyramid_fill's smoothing_iterations
+  fill_biharmonic_iterations: int = 0  # base.pyramid_fill's biharmonic_iterations
   residual_output: bool = False  # base.output_head
 
   @nn.compact
@@ -104,7 +105,8 @@ class GMSRMNet(nn.Module):
     # Instance norm, no dropout: `train` only decides whether diagnostics are reported.
     size = image.shape[1]
     num_levels = len(self.encoder_channels)
-    encoder_input, prior = network_input(image, mask, self.hole_fill, self.fill_iterations)
+    encoder_input, prior = network_input(
+        image, mask, self.hole_fill, self.fill_iterations, self.fill_biharmonic_iterations)
     features = Encoder(self.encoder_channels, self.stem_channels, self.ca_reduction,
                        name="encoder")(encoder_input)
     decoder = Decoder(self.encoder_channels, self.stem_channels, self.ca_reduction,

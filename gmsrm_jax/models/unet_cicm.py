@@ -46,13 +46,15 @@ class UNet(nn.Module):
   channels: Sequence[int] = (64, 128, 256, 512)
   hole_fill: str = "zero"  # base.network_input
   fill_iterations: int = 8  # base.pyramid_fill's smoothing_iterations
+  fill_biharmonic_iterations: int = 0  # base.pyramid_fill's biharmonic_iterations
   residual_output: bool = False  # base.output_head
 
   @nn.compact
   def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool = False
                ) -> tuple[jax.Array, dict[str, Any]]:
     del train  # Instance norm, no dropout: nothing differs between training and inference.
-    encoder_input, prior = network_input(image, mask, self.hole_fill, self.fill_iterations)
+    encoder_input, prior = network_input(
+        image, mask, self.hole_fill, self.fill_iterations, self.fill_biharmonic_iterations)
     x = layers.ConvNormReLU(self.channels[0], name="enc_0")(encoder_input)
     skips = [x]
     for level, width in enumerate(self.channels[1:], start=1):
