@@ -26,11 +26,14 @@ One row per run:
   TFLOP/s     per device: its compiled FLOPs / step s
   MFU         TFLOP/s / the device's dense peak for the compute dtype (PEAKS); n/a for a device
               kind without a figure on record (every CPU)
-  peak GB     peak bytes in use on a device (`memory_stats`); n/a where the backend keeps none
+  peak GiB    peak bytes in use on a device (`memory_stats`); n/a where the backend keeps none
               (CPU). "XLA plan" below the row: arguments + outputs + temporaries of the step
   pipe img/s  the training input pipeline (bench_input_pipeline.throughput: synthetic_scenes
-              at 256², decode + augment + masks, all cores) on this host; "need" is the
-              step's img/s, what it must deliver to keep the devices fed
+              at 256², decode + augment + masks, one thread per core) on this host
+  pipe/need   pipeline img/s / the step's img/s: above 1, this host keeps the step fed
+Below the row: the state's bytes per field (replicated: every device holds them all), and one
+orbax save of the state the loop's way (bytes on disk, seconds before the step could go on,
+seconds until written). docs/SCALING.md turns these figures into cluster sizes.
 """
 
 import dataclasses
@@ -178,11 +181,11 @@ def state_bytes(abstract_state) -> dict[str, int]:
 def _loss_networks(config, task, mesh) -> tuple[dict[str, Any], str]:
   try:
     return loop.load_loss_networks(config, task, mesh), ""
-  except weights.WeightsError as error:
+  except weights.WeightsError:
     if not config.loss.get("perceptual_weight", 0.0):
       raise
-    note = (f"VGG-19 ({str(error).splitlines()[0]}): random weights of its shapes instead, "
-            "the same FLOPs")
+    note = (f"no usable VGG-19 weights at {config.loss.vgg19_weights}: random weights of its "
+            "shapes instead (the same FLOPs)")
     return jax.device_put({objectives.VGG19: weights.random_params(objectives.VGG19)},
                           parallel.replicated(mesh)), note
 
@@ -297,6 +300,8 @@ def checkpoint_save(state, config) -> dict[str, float]:
 def pipeline_throughput(config, *, batches: int, data_dir: str = "") -> dict[str, float]:
   """The real training iterator's img/s with `config`'s data settings on synthetic_scenes/256,
   one thread per core (bench_input_pipeline's measurement)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.disable_progress_bar()  # Its bars would run into the table.
   cores = os.cpu_count() or 1
   with tempfile.TemporaryDirectory() as scratch:
     data_dir = data_dir or scratch
@@ -315,23 +320,23 @@ def _format(value, spec: str, width: int) -> str:
   return f"{'n/a':>{width}}" if value is None else f"{value:>{width}{spec}}"
 
 
-HEADER = (f"{'config':<28} {'device':<22} {'n':>2} {'dtype':>8} {'image':>5} {'batch':>5} "
+HEADER = (f"{'config':<34} {'device':<22} {'n':>2} {'dtype':>8} {'image':>5} {'batch':>5} "
           f"{'compile s':>9} {'step s':>8} {'img/s':>7} {'GFLOP/img':>9} {'TFLOP/s':>8} "
-          f"{'MFU':>6} {'peak GB':>7} {'pipe img/s':>10} {'pipe/need':>9}")
+          f"{'MFU':>6} {'peak GiB':>8} {'pipe img/s':>10} {'pipe/need':>9}")
 
 
 def row(name: str, r: dict[str, Any]) -> str:
   """The result as one line under HEADER ("pipe/need" > 1: the host keeps the step fed)."""
   mfu = None if r["mfu"] is None else 100 * r["mfu"]
-  peak_gb = None if r["peak_memory_bytes"] is None else r["peak_memory_bytes"] / 2**30
+  peak_gib = None if r["peak_memory_bytes"] is None else r["peak_memory_bytes"] / 2**30
   pipeline = r.get("pipeline_img_per_s")
   feed = pipeline / r["img_per_s"] if pipeline and r["img_per_s"] else None
-  return (f"{name:<28} {r['device_kind'][:22]:<22} {r['devices']:>2} {r['compute_dtype']:>8} "
+  return (f"{name:<34} {r['device_kind'][:22]:<22} {r['devices']:>2} {r['compute_dtype']:>8} "
           f"{r['image']:>5} {r['batch']:>5} {r['compile_s']:>9.1f} "
           f"{_format(r['step_s'], '.3f', 8)} {_format(r['img_per_s'], '.1f', 7)} "
           f"{r['gflop_per_image']:>9.4g} {_format(r['tflops_per_device'], '.3g', 8)} "
           f"{_format(mfu, '.1f', 5)}{'%' if mfu is not None else ' '} "
-          f"{_format(peak_gb, '.1f', 7)} {_format(pipeline, '.0f', 10)} "
+          f"{_format(peak_gib, '.1f', 8)} {_format(pipeline, '.0f', 10)} "
           f"{_format(feed, '.1f', 8)}{'x' if feed is not None else ' '}")
 
 
@@ -356,13 +361,13 @@ def main(argv):
                                       data_dir=f.data_dir))
   print(HEADER)
   print(row(name, result))
-  megabytes = {k: v / 2**20 for k, v in result["state_bytes"].items() if v}
-  print(f"  state (replicated on every device): {sum(megabytes.values()):.1f} MB = "
-        + ", ".join(f"{k} {v:.1f}" for k, v in megabytes.items()))
+  mebibytes = {k: v / 2**20 for k, v in result["state_bytes"].items() if v}
+  print(f"  state (replicated on every device): {sum(mebibytes.values()):.1f} MiB = "
+        + ", ".join(f"{k} {v:.1f}" for k, v in mebibytes.items()))
   if result["xla_plan_bytes"] is not None:
-    print(f"  XLA plan of the step per device: {result['xla_plan_bytes'] / 2**30:.2f} GB")
+    print(f"  XLA plan of the step per device: {result['xla_plan_bytes'] / 2**30:.2f} GiB")
   if "checkpoint_bytes" in result:
-    print(f"  orbax save: {result['checkpoint_bytes'] / 2**20:.1f} MB on disk, "
+    print(f"  orbax save: {result['checkpoint_bytes'] / 2**20:.1f} MiB on disk, "
           f"{result['checkpoint_blocking_s']:.2f} s before the step can go on, "
           f"{result['checkpoint_written_s']:.2f} s until written")
   if "pipeline_img_per_s" in result:
