@@ -52,6 +52,7 @@ from absl import logging as absl_logging
 import jax
 from ml_collections import config_flags
 import numpy as np
+import tensorflow_datasets as tfds
 
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 from benchmarks import bench_input_pipeline  # pylint: disable=g-import-not-at-top
@@ -300,7 +301,6 @@ def checkpoint_save(state, config) -> dict[str, float]:
 def pipeline_throughput(config, *, batches: int, data_dir: str = "") -> dict[str, float]:
   """The real training iterator's img/s with `config`'s data settings on synthetic_scenes/256,
   one thread per core (bench_input_pipeline's measurement)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()  # Its bars would run into the table.
   cores = os.cpu_count() or 1
   with tempfile.TemporaryDirectory() as scratch:
