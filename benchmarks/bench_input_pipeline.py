@@ -58,7 +58,7 @@ def _photo_folder(directory: pathlib.Path, count: int) -> None:
         directory / f"photo{i:05d}.jpg", quality=90)
 
 
-def _prepare(dataset: str, data_dir: str, num_examples: int) -> str:
+def prepare_dataset(dataset: str, data_dir: str, num_examples: int) -> str:
   """Prepares the benchmark dataset; returns its name."""
   if dataset == "synthetic":
     prepare("synthetic_scenes", "256", data_dir, max_examples_per_split=num_examples)
@@ -142,7 +142,7 @@ def main(argv=None):
   with tempfile.TemporaryDirectory() as scratch:
     data_dir = args.data_dir or scratch
     start = time.perf_counter()
-    name = _prepare(args.dataset, data_dir, args.num_examples)
+    name = prepare_dataset(args.dataset, data_dir, args.num_examples)
     print(f"prepared/loaded {name}/256 in {time.perf_counter() - start:.1f} s")
     config = _config(name, data_dir, cores)
     print("single-threaded stage costs (ms/image):")

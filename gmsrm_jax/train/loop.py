@@ -108,6 +108,22 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str, mesh, *,
   return components, restored.state, restored.step
 
 
+def jit_train_step(task: tasks.Task, components: Any, config: ml_collections.ConfigDict, mesh
+                   ) -> Callable:
+  """The loop's step, jitted: (state, batch, loss_networks, health) -> (state, metrics, health),
+  with the state and health donated. benchmarks/bench_device.py times and counts this same
+  program, so its figures are the loop's."""
+
+  def step_with_health(state, batch, loss_networks, device_health):
+    new_state, metrics = task.train_step(components, config, state, batch, loss_networks)
+    return new_state, metrics, health.update(device_health, metrics, new_state)
+
+  replicated = parallel.replicated(mesh)
+  return jax.jit(step_with_health,
+                 in_shardings=(replicated, parallel.batch_sharded(mesh), replicated, replicated),
+                 out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 3))
+
+
 def split_for_writer(means: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, Any]]:
   """Metrics averaged over the log interval -> (scalars, images) for the metric writer.
 
@@ -176,15 +192,8 @@ def _train(config, workdir, task, components, mesh, manager, state, loss_network
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config_checks.flatten(config.to_dict()).items()})
 
-  def step_with_health(state, batch, loss_networks, device_health):
-    new_state, metrics = task.train_step(components, config, state, batch, loss_networks)
-    return new_state, metrics, health.update(device_health, metrics, new_state)
-
   replicated = parallel.replicated(mesh)
-  train_step = jax.jit(step_with_health,
-                       in_shardings=(replicated, parallel.batch_sharded(mesh), replicated,
-                                     replicated),
-                       out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 3))
+  train_step = jit_train_step(task, components, config, mesh)
   sample = task.make_sampler(components, config, mesh)
   evaluator = None
   eval_every = config.train.get("eval_every", 0)
