@@ -2,13 +2,15 @@
 
 Parameters, optimizer states, the EMA and every carried statistic are stored and updated in
 float32 whatever the compute dtype, so checkpoints of the two modes are interchangeable. A
-step in bfloat16 casts the parameters (trainable and frozen) and the inputs INSIDE its loss
-functions: flax layers (dtype=None) and the StyleGAN layers then convolve in bfloat16, and
-the gradients come back in float32 through the casts. Outputs return to float32 before any
-loss reduction. The few places that must not round to bfloat16 (normalisation statistics,
-StyleGAN2's demodulation, the CICM memory, the KL of GM-SRM's noise heads) promote
-themselves with `at_least_float32`. Evaluation and inference never apply the policy: they
-run in float32 (docs/DESIGN.md P1).
+bfloat16 step casts the parameters (trainable and frozen) INSIDE its loss functions, where
+flax layers (dtype=None) and the StyleGAN layers then compute in bfloat16 and from where the
+gradients come back in float32 through the casts; the generator casts its own encoder input
+(after the float32 prior), the discriminator gets bfloat16 images. Outputs return to float32
+before any loss, and every sum of the differentiated step accumulates in float32
+(`sums_in_float32`). The places that must not round to bfloat16 (the CICM memory, StyleGAN2's
+demodulation, the KL of GM-SRM's noise heads) promote themselves with `at_least_float32`;
+flax takes normalisation statistics in float32 itself. Evaluation and inference never apply
+the policy: they run in float32 (docs/DESIGN.md P1, P2).
 """
 
 from typing import Any, Callable

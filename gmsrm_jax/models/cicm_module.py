@@ -145,10 +145,10 @@ class WithCICM(nn.Module):
   """Any inpainting backbone + CICM on the output of its submodule `feature_module`.
 
   The backbone is a flax module called as `backbone(image, mask, train=..., compute_dtype=...)`
-  that returns `(prediction, aux_terms)`, like every generator here. `feature_module` is the '/'-separated
-  path of a submodule inside it (e.g. "bottleneck", "encoder/block_3") whose output is a
-  [B, h, w, C] feature map with h, w dividing the image size; it must run exactly once per
-  call. CICM's loss terms (ratio, inter, intra) join the backbone's aux terms, so the config
+  that returns `(prediction, aux_terms)`, like every generator here. `feature_module` is the
+  '/'-separated path of a submodule inside it (e.g. "bottleneck", "encoder/block_3") whose
+  output is a [B, h, w, C] feature map with h, w dividing the image size; it must run exactly
+  once per call. CICM's loss terms (ratio, inter, intra) join the backbone's aux terms, so the config
   needs `loss.ratio_weight`, `loss.inter_weight`, `loss.intra_weight`.
   """
 
