@@ -2,9 +2,11 @@
 
   python benchmarks/bench_train_step.py --variants=tiny,demo,
   (an empty variant name is the paper-scale 256x256 config)
+  python benchmarks/bench_train_step.py --variants=demo --compute_dtypes=float32,bfloat16
 
-Prints, per variant: compile seconds (lower + compile of the jitted step), then the median
-seconds per step over --steps timed steps after one warm-up, and images per second.
+Prints, per variant and compute dtype (`config.train.compute_dtype`): compile seconds (lower +
+compile of the jitted step), then the median seconds per step over --steps timed steps after
+one warm-up, and images per second.
 """
 
 import functools
@@ -25,10 +27,14 @@ from gmsrm_jax.train import step as step_lib  # pylint: disable=g-import-not-at-
 
 _VARIANTS = flags.DEFINE_list("variants", ["tiny", "demo", ""], "configs/base.py variants.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per variant.")
+_COMPUTE_DTYPES = flags.DEFINE_list("compute_dtypes", ["float32"],
+                                    "config.train.compute_dtype values to time.")
 
 
-def bench(variant: str) -> dict[str, float]:
-  return bench_config(base_config.get_config(variant))
+def bench(variant: str, compute_dtype: str = "float32") -> dict[str, float]:
+  config = base_config.get_config(variant)
+  config.train.compute_dtype = compute_dtype
+  return bench_config(config)
 
 
 def bench_config(config) -> dict[str, float]:
@@ -66,12 +72,14 @@ def bench_config(config) -> dict[str, float]:
 def main(argv):
   del argv
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}")
-  print(f"{'variant':>8} {'image':>6} {'batch':>6} {'compile s':>10} {'step s':>8} "
-        f"{'img/s':>8} {'GFLOP/step':>11}")
+  print(f"{'variant':>8} {'dtype':>9} {'image':>6} {'batch':>6} {'compile s':>10} "
+        f"{'step s':>8} {'img/s':>8} {'GFLOP/step':>11}")
   for variant in _VARIANTS.value:
-    r = bench(variant)
-    print(f"{variant or 'paper':>8} {r['image']:>6} {r['batch']:>6} {r['compile_s']:>10.2f} "
-          f"{r['step_s']:>8.3f} {r['img_per_s']:>8.1f} {r['gflop_per_step']:>11.1f}")
+    for compute_dtype in _COMPUTE_DTYPES.value:
+      r = bench(variant, compute_dtype)
+      print(f"{variant or 'paper':>8} {compute_dtype:>9} {r['image']:>6} {r['batch']:>6} "
+            f"{r['compile_s']:>10.2f} {r['step_s']:>8.3f} {r['img_per_s']:>8.1f} "
+            f"{r['gflop_per_step']:>11.1f}", flush=True)
 
 
 if __name__ == "__main__":

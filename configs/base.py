@@ -99,6 +99,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # Decay min(ema_decay, (1 + t) / (10 + t)) at step t (train/step.py ema_decay_at), so a short
   # run's EMA is not mostly its random initialisation (docs/QUALITY.md).
   config.train.ema_warmup = True
+  # "bfloat16": convolutions and activations in bf16, params, optimizer state, EMA, carried
+  # statistics and loss reductions in float32 (gmsrm_jax/precision.py, DESIGN P1).
+  config.train.compute_dtype = "float32"
   config.train.log_every = 100
   config.train.sample_every = 5000
   config.train.checkpoint_every = 5000

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable
 from absl import logging
 import ml_collections
 
+from gmsrm_jax import precision
+
 
 class ConfigError(ValueError):
   """A config field holds a value it cannot have; the message names the field(s)."""
@@ -64,6 +66,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.max_to_keep": ((lambda v: v is None or (_is_int(v) and v >= 1)),
                           "None (keep all) or an integer >= 1"),
     "train.ema_decay": _PROBABILITY,
+    "train.compute_dtype": ((lambda v: v in precision.COMPUTE_DTYPES),
+                            " or ".join(map(repr, precision.COMPUTE_DTYPES))),
     "eval.batch_size": _POSITIVE_INT,
     "eval.num_images": _POSITIVE_INT,
     "data.crop_size": _POSITIVE_INT,
@@ -114,6 +118,7 @@ ADDED_FIELDS = {
     "model.fill_iterations": 8,
     "model.fill_biharmonic_iterations": 0,
     "model.residual_output": False,
+    "train.compute_dtype": "float32",
 }
 
 

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from gmsrm_jax import precision
 from gmsrm_jax.features import vgg19
 
 
@@ -47,12 +48,13 @@ def perceptual_loss(vgg_params, prediction: jax.Array, target: jax.Array,
 
   `vgg_params` are the frozen VGG-19 weights (`gmsrm_jax.weights.load("vgg19", path)`), passed
   in rather than trained. Images in [-1, 1]; both go through the network in one call. The
-  target's features get no gradient (the ground truth is data, not a function of G).
+  target's features get no gradient (the ground truth is data, not a function of G). The
+  network runs in its weights' dtype; the distances are reduced in float32.
   """
   features = vgg19.vgg19_features(vgg_params, jnp.concatenate([prediction, target]), layers)
   loss = 0.0
   for name in layers:
-    pred_features, target_features = jnp.split(features[name], 2)
+    pred_features, target_features = jnp.split(precision.at_least_float32(features[name]), 2)
     # mean over (B, H, W, C) = batch mean of the per-image 1/(C H W)-normalised L1 norms.
     loss = loss + jnp.mean(jnp.abs(pred_features - jax.lax.stop_gradient(target_features)))
   return loss

@@ -80,6 +80,9 @@ def vgg19_features(params, images: jax.Array,
   """VGG-19 activations of [-1, 1] images [B, H, W, 3], ImageNet-normalised first.
 
   `params` is the tree `gmsrm_jax.weights.load("vgg19", path)` returns (all 16 convs); only
-  the layers up to the deepest requested one run.
+  the layers up to the deepest requested one run, in the dtype of `params` (bfloat16 when a
+  mixed-precision train step cast them, gmsrm_jax/precision.py; float32 everywhere else).
   """
-  return VGG(VGG19_BLOCKS, tuple(layers)).apply({"params": params}, imagenet_normalize(images))
+  weights_dtype = jax.tree.leaves(params)[0].dtype
+  return VGG(VGG19_BLOCKS, tuple(layers)).apply(
+      {"params": params}, imagenet_normalize(images).astype(weights_dtype))

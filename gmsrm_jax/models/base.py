@@ -119,6 +119,17 @@ def network_input(image: jax.Array, mask: jax.Array, hole_fill: str,
   raise ValueError(f"Unknown model.hole_fill {hole_fill!r}; known: {HOLE_FILLS}.")
 
 
+def in_compute_dtype(encoder_input: jax.Array, compute_dtype: Any | None) -> jax.Array:
+  """The encoder's input in the train step's compute dtype (None: as given; docs/DESIGN.md P1).
+
+  Only the network proper runs in it: the parameter-free prior before it stays in the
+  image's float32, so a residual head adds back a prior that equals the known pixels
+  exactly (a bfloat16 prior is off by up to 2^-9 there, and L1's sign(prediction - image)
+  turns that rounding into a full-size gradient on every known pixel).
+  """
+  return encoder_input if compute_dtype is None else encoder_input.astype(compute_dtype)
+
+
 def input_and_output_options(model_config) -> dict[str, Any]:
   """The input fill and output head fields every family takes from `config.model`; read with
   `get` because configs saved before these fields existed lack them (config_checks.ADDED_FIELDS)."""
@@ -217,13 +228,13 @@ class BaseInpaintingNet(nn.Module):
   residual_output: bool = False  # output_head
 
   @nn.compact
-  def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool = False
-               ) -> tuple[jax.Array, dict[str, Any]]:
+  def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool = False,
+               compute_dtype: Any | None = None) -> tuple[jax.Array, dict[str, Any]]:
     del train  # No train/eval difference in the base model (instance norm, no dropout).
     encoder_input, prior = network_input(
         image, mask, self.hole_fill, self.fill_iterations, self.fill_biharmonic_iterations)
     features = Encoder(self.encoder_channels, self.stem_channels, self.ca_reduction,
-                       name="encoder")(encoder_input)
+                       name="encoder")(in_compute_dtype(encoder_input, compute_dtype))
     decoded = Decoder(self.encoder_channels, self.stem_channels, self.ca_reduction,
                       self.output_skip, name="decoder")(features)
     prediction = output_head(decoded, prior, self.residual_output)

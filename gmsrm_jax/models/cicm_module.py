@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gmsrm_jax import precision
 from gmsrm_jax.models import layers
 from gmsrm_jax.memory import cicm as cicm_lib
 from gmsrm_jax.models.base import masked_input
@@ -86,6 +87,10 @@ class CrossImageContextMemory(nn.Module):
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     if self.ratio not in RATIO_SOURCES:
       raise ValueError(f"ratio={self.ratio!r}; expected one of {RATIO_SOURCES}.")
+    # The memory is float32 carried state: its similarities, softmaxes and updates run in
+    # float32 whatever the step's compute dtype; the backbone gets its own dtype back.
+    backbone_features = features
+    features, image, mask = map(precision.at_least_float32, (features, image, mask))
     batch, rows, cols, channels = features.shape
     grid = (rows, cols)
     variables = self._memory(channels)
@@ -94,7 +99,8 @@ class CrossImageContextMemory(nn.Module):
 
     complete = complete_regions(mask, grid)
     target = corrupted_ratio_target(image, mask, grid)
-    predicted = nn.sigmoid(layers.Conv(1, (1, 1), name="ratio_head")(features))[..., 0]
+    ratio_logits = layers.Conv(1, (1, 1), name="ratio_head")(backbone_features)
+    predicted = nn.sigmoid(precision.at_least_float32(ratio_logits))[..., 0]
     gamma = {"predicted": predicted, "one": jnp.ones_like(predicted),
              "ground_truth": target}[self.ratio]
 
@@ -120,8 +126,8 @@ class CrossImageContextMemory(nn.Module):
     # features injected this step (and constant outside training).
     inter, intra = cicm_lib.set_similarity_losses(state, self.options)
     ratio_loss = jnp.mean(jnp.square(predicted - target))  # Eq. 7, mean over regions.
-    return augmented.reshape(features.shape), {"ratio": ratio_loss, "inter": inter,
-                                                "intra": intra}
+    return augmented.reshape(features.shape).astype(backbone_features.dtype), {
+        "ratio": ratio_loss, "inter": inter, "intra": intra}
 
   def _report(self, anchors: jax.Array, complete: jax.Array, features: jax.Array) -> None:
     """How many complete regions each set receives in this step (eq. 1 before the update)."""
@@ -138,11 +144,11 @@ class CrossImageContextMemory(nn.Module):
 class WithCICM(nn.Module):
   """Any inpainting backbone + CICM on the output of its submodule `feature_module`.
 
-  The backbone is a flax module called as `backbone(image, mask, train=...)` that returns
-  `(prediction, aux_terms)`, like every generator here. `feature_module` is the '/'-separated
-  path of a submodule inside it (e.g. "bottleneck", "encoder/block_3") whose output is a
-  [B, h, w, C] feature map with h, w dividing the image size; it must run exactly once per
-  call. CICM's loss terms (ratio, inter, intra) join the backbone's aux terms, so the config
+  The backbone is a flax module called as `backbone(image, mask, train=..., compute_dtype=...)`
+  that returns `(prediction, aux_terms)`, like every generator here. `feature_module` is the
+  '/'-separated path of a submodule inside it (e.g. "bottleneck", "encoder/block_3") whose
+  output is a [B, h, w, C] feature map with h, w dividing the image size; it must run exactly
+  once per call. CICM's loss terms (ratio, inter, intra) join the backbone's aux terms, so the config
   needs `loss.ratio_weight`, `loss.inter_weight`, `loss.intra_weight`.
   """
 
@@ -151,8 +157,8 @@ class WithCICM(nn.Module):
   cicm: CrossImageContextMemory
 
   @nn.compact
-  def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool = False
-               ) -> tuple[jax.Array, dict[str, Any]]:
+  def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool = False,
+               compute_dtype: Any | None = None) -> tuple[jax.Array, dict[str, Any]]:
     target = ("backbone", *self.feature_module.split("/"))
     terms = []
 
@@ -167,7 +173,7 @@ class WithCICM(nn.Module):
       return augmented
 
     with nn.intercept_methods(augment_target_output):
-      prediction, aux = self.backbone(image, mask, train=train)
+      prediction, aux = self.backbone(image, mask, train=train, compute_dtype=compute_dtype)
     if len(terms) != 1:
       raise ValueError(f"CICM expected the backbone to call {self.feature_module!r} exactly "
                        f"once; it was called {len(terms)} times.")

@@ -24,9 +24,11 @@ class PatchDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, image: jax.Array, mask: jax.Array, *, update_stats: bool) -> jax.Array:
     x = jnp.concatenate([image, mask], axis=-1)
+    # The power iteration runs in float32 (the stored statistics promote it); the normalised
+    # kernel returns to the input's dtype, so a bfloat16 step convolves in bfloat16.
+    spectral_norm = lambda layer, name: nn.SpectralNorm(layer, dtype=x.dtype, name=name)
     for i, features in enumerate(self.channels):
       conv = layers.Conv(features, (4, 4), strides=2, padding="SAME", name=f"conv_{i}")
-      x = nn.leaky_relu(nn.SpectralNorm(conv, name=f"sn_{i}")(x, update_stats=update_stats),
-                        0.2)
+      x = nn.leaky_relu(spectral_norm(conv, f"sn_{i}")(x, update_stats=update_stats), 0.2)
     head = layers.Conv(1, (3, 3), padding="SAME", use_bias=self.logit_bias, name="logits")
-    return nn.SpectralNorm(head, name="sn_logits")(x, update_stats=update_stats)[..., 0]
+    return spectral_norm(head, "sn_logits")(x, update_stats=update_stats)[..., 0]

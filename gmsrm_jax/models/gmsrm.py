@@ -26,10 +26,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from gmsrm_jax.models import layers
+from gmsrm_jax import precision
 from gmsrm_jax import tree_match
+from gmsrm_jax.models import layers
 from gmsrm_jax.models.base import Decoder, Encoder, input_and_output_options
-from gmsrm_jax.models.base import network_input, output_head
+from gmsrm_jax.models.base import in_compute_dtype, network_input, output_head
 from gmsrm_jax.stylegan import memory as memory_lib
 from gmsrm_jax.stylegan import networks
 
@@ -100,15 +101,15 @@ class GMSRMNet(nn.Module):
   residual_output: bool = False  # base.output_head
 
   @nn.compact
-  def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool = False
-               ) -> tuple[jax.Array, dict[str, Any]]:
+  def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool = False,
+               compute_dtype: Any | None = None) -> tuple[jax.Array, dict[str, Any]]:
     # Instance norm, no dropout: `train` only decides whether diagnostics are reported.
     size = image.shape[1]
     num_levels = len(self.encoder_channels)
     encoder_input, prior = network_input(
         image, mask, self.hole_fill, self.fill_iterations, self.fill_biharmonic_iterations)
     features = Encoder(self.encoder_channels, self.stem_channels, self.ca_reduction,
-                       name="encoder")(encoder_input)
+                       name="encoder")(in_compute_dtype(encoder_input, compute_dtype))
     decoder = Decoder(self.encoder_channels, self.stem_channels, self.ca_reduction,
                       self.output_skip, name="decoder")
     memory = self.generative_memory
@@ -135,9 +136,12 @@ class GMSRMNet(nn.Module):
                                      channels if self.conditional_noise else None)
     kl_layers = []
 
+    # The memory's activations run in the encoder's dtype; float32 noise would promote them.
+    memory_dtype = bottleneck.dtype
+
     def noise_for(index: int, conditioning: list[jax.Array], name: int):
       if not self.conditional_noise:
-        return standard[index]
+        return [epsilon.astype(memory_dtype) for epsilon in standard[index]]
       # Eq. 8 / Algorithm 1 line 7: conv over (F_E^i, F_D^{i-1}), spatial mean, FC -> per
       # channel mu and log sigma for each synthesis layer of the block. The FC starts at 0,
       # i.e. at N(0, 1): the noise the memory was pre-trained with.
@@ -147,12 +151,14 @@ class GMSRMNet(nn.Module):
       num_layers, width = len(standard[index]), channels[index]
       stats = layers.Dense(2 * num_layers * width, kernel_init=nn.initializers.zeros,
                            name=f"noise_fc_{name}")(h).reshape(batch, num_layers, 2, width)
+      # The KL and sigma = exp(log sigma) in float32, whatever the compute dtype.
+      stats = precision.at_least_float32(stats)
       mu, log_sigma = stats[:, :, 0], stats[:, :, 1]
       noise = []
       for j, epsilon in enumerate(standard[index]):
         # Reparameterisation: noise = mu + sigma * epsilon, differentiable in mu and sigma.
-        noise.append(mu[:, j, None, None, :] + jnp.exp(log_sigma[:, j, None, None, :])
-                     * epsilon)
+        noise.append((mu[:, j, None, None, :] + jnp.exp(log_sigma[:, j, None, None, :])
+                      * epsilon).astype(memory_dtype))
         kl_layers.append(jnp.mean(kl_to_standard_normal(mu[:, j], log_sigma[:, j])))
         if train:
           self.sow(DIAGNOSTICS, f"noise_sigma_{name}_{j}",

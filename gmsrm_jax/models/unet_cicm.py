@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from gmsrm_jax.models import layers
-from gmsrm_jax.models.base import network_input, output_head
+from gmsrm_jax.models.base import in_compute_dtype, network_input, output_head
 
 FEATURE_MODULE = "bottleneck"  # Where CICM reads and replaces the features.
 
@@ -50,12 +50,13 @@ class UNet(nn.Module):
   residual_output: bool = False  # base.output_head
 
   @nn.compact
-  def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool = False
-               ) -> tuple[jax.Array, dict[str, Any]]:
+  def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool = False,
+               compute_dtype: Any | None = None) -> tuple[jax.Array, dict[str, Any]]:
     del train  # Instance norm, no dropout: nothing differs between training and inference.
     encoder_input, prior = network_input(
         image, mask, self.hole_fill, self.fill_iterations, self.fill_biharmonic_iterations)
-    x = layers.ConvNormReLU(self.channels[0], name="enc_0")(encoder_input)
+    x = layers.ConvNormReLU(self.channels[0], name="enc_0")(
+        in_compute_dtype(encoder_input, compute_dtype))
     skips = [x]
     for level, width in enumerate(self.channels[1:], start=1):
       x = layers.ConvNormReLU(width, strides=2, name=f"down_{level}")(x)

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gmsrm_jax import precision
+
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 # StyleGAN2's resampling filter [1, 3, 3, 1] (separable, normalised to unit DC gain).
 _FIR_TAPS = (0.125, 0.375, 0.375, 0.125)
@@ -153,7 +155,11 @@ def demodulation(kernel: jax.Array, styles: jax.Array, eps: float = 1e-8) -> jax
   The sum over i of s_i^2 times sum_{k,k} w^2 is a [B, I] x [I, O] matmul: per-sample weights
   are never materialised for it.
   """
-  return jax.lax.rsqrt(jnp.square(styles) @ jnp.sum(jnp.square(kernel), axis=(0, 1)) + eps)
+  # In float32 whatever the compute dtype: a bfloat16 sum of squares over k*k*I terms would
+  # put its rounding into every output channel's scale (docs/DESIGN.md P1).
+  styles32, kernel32 = precision.at_least_float32(styles), precision.at_least_float32(kernel)
+  return jax.lax.rsqrt(jnp.square(styles32) @ jnp.sum(jnp.square(kernel32), axis=(0, 1))
+                       + eps).astype(styles.dtype)
 
 
 def modulated_conv(x: jax.Array, kernel: jax.Array, styles: jax.Array, *,

@@ -109,7 +109,7 @@ class SynthesisLayer(nn.Module):
     if noise is None:
       noise = layers.standard_normal(self.make_rng("noise"), (*x.shape[:3], 1), x.dtype)
     strength = self.param("noise_strength", nn.initializers.zeros, (self.features,))
-    x = x + noise * strength
+    x = x + noise.astype(x.dtype) * strength  # Float32 noise must not promote bfloat16 x.
     return layers.lrelu_gain(x + self.param("bias", nn.initializers.zeros, (self.features,)))
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from gmsrm_jax import config_checks
+from gmsrm_jax import precision
 from gmsrm_jax import visualize
 from gmsrm_jax.data import pipeline
 from gmsrm_jax.stylegan import layers
@@ -122,13 +123,24 @@ def mixed_latents(components: state_lib.Components, config: ml_collections.Confi
   return latents, w
 
 
-def _synthesize(components, g_params, latents, noise_key):
-  return components.generator.apply({"params": g_params}, latents, rngs={"noise": noise_key},
-                                    method=components.generator.synthesize)
+def _synthesize(components, config, g_params, latents, noise_key):
+  """Images from `latents` in the compute dtype (docs/DESIGN.md P1), returned in float32.
+
+  The mapping network stays out of it (`mixed_latents` runs it on the float32 params): its
+  w feeds the carried w_avg, and its FLOPs are a rounding error of the synthesis network's.
+  """
+  dtype = precision.compute_dtype(config)
+  images = components.generator.apply(
+      {"params": precision.to_compute(g_params, dtype)}, precision.to_compute(latents, dtype),
+      rngs={"noise": noise_key}, method=components.generator.synthesize)
+  return precision.to_float32(images)
 
 
-def _discriminate(components, d_params, images):
-  return components.discriminator.apply({"params": d_params}, images)
+def _discriminate(components, config, d_params, images):
+  """Logits of `images` in the compute dtype, returned in float32 for the losses."""
+  dtype = precision.compute_dtype(config)
+  return precision.to_float32(components.discriminator.apply(
+      {"params": precision.to_compute(d_params, dtype)}, precision.to_compute(images, dtype)))
 
 
 def _update(tx, grads, opt_state, params):
@@ -144,12 +156,12 @@ def generator_main(components, config, state, real, key):
   def loss_fn(g_params):
     latents, w = mixed_latents(components, config, g_params, latent_key,
                                config.train.batch_size)
-    fake_logits = _discriminate(components, state.d_params,
-                                _synthesize(components, g_params, latents, noise_key))
+    fake_logits = _discriminate(components, config, state.d_params,
+                                _synthesize(components, config, g_params, latents, noise_key))
     return losses.generator_loss(fake_logits), (jnp.mean(w, axis=0), jnp.mean(fake_logits))
 
-  (loss, (w_mean, fake_logit)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.g_params)
+  (loss, (w_mean, fake_logit)), grads = precision.value_and_grad(
+      loss_fn, precision.compute_dtype(config), has_aux=True)(state.g_params)
   g_params, g_opt_state = _update(components.g_tx, grads, state.g_opt_state, state.g_params)
   beta = config.train.w_avg_beta
   w_avg = beta * state.g_state["w_avg"] + (1.0 - beta) * jax.lax.stop_gradient(w_mean)
@@ -171,13 +183,14 @@ def generator_path_length(components, config, state, real, key):
   def loss_fn(g_params):
     latents, _ = mixed_latents(components, config, g_params, latent_key, batch)
     lengths = losses.path_lengths(
-        lambda lat: _synthesize(components, g_params, lat, noise_key), latents, pl_key)
+        lambda lat: _synthesize(components, config, g_params, lat, noise_key), latents, pl_key)
     # As StyleGAN2: the penalty uses the freshly updated mean (gradient flows through it).
     new_mean = pl_mean + loss_cfg.pl_decay * (jnp.mean(lengths) - pl_mean)
     penalty = jnp.mean(jnp.square(lengths - new_mean))
     return penalty * loss_cfg.pl_weight * loss_cfg.pl_interval, jax.lax.stop_gradient(new_mean)
 
-  (loss, new_mean), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+  (loss, new_mean), grads = precision.value_and_grad(
+      loss_fn, precision.compute_dtype(config), has_aux=True)(state.g_params)
   g_params, g_opt_state = _update(components.g_tx, grads, state.g_opt_state, state.g_params)
   state = state.replace(g_params=g_params, g_opt_state=g_opt_state,
                         g_state={**state.g_state, "pl_mean": new_mean})
@@ -188,17 +201,18 @@ def discriminator_main(components, config, state, real, key):
   """D main phase: softplus(D(G(z))) + softplus(-D(x)), fakes from the just-updated G."""
   latent_key, noise_key = jax.random.split(key)
   latents, _ = mixed_latents(components, config, state.g_params, latent_key, real.shape[0])
-  fake = jax.lax.stop_gradient(_synthesize(components, state.g_params, latents, noise_key))
+  fake = jax.lax.stop_gradient(_synthesize(components, config, state.g_params, latents,
+                                           noise_key))
 
   def loss_fn(d_params):
     # Separate calls: minibatch-std groups must not mix real and fake images.
-    real_logits = _discriminate(components, d_params, real)
-    fake_logits = _discriminate(components, d_params, fake)
+    real_logits = _discriminate(components, config, d_params, real)
+    fake_logits = _discriminate(components, config, d_params, fake)
     return (losses.discriminator_loss(real_logits, fake_logits),
             (jnp.mean(real_logits), jnp.mean(fake_logits)))
 
-  (loss, (real_logit, fake_logit)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.d_params)
+  (loss, (real_logit, fake_logit)), grads = precision.value_and_grad(
+      loss_fn, precision.compute_dtype(config), has_aux=True)(state.d_params)
   d_params, d_opt_state = _update(components.d_tx, grads, state.d_opt_state, state.d_params)
   state = state.replace(d_params=d_params, d_opt_state=d_opt_state)
   return state, {"loss/d": loss, "disc/real_logit": real_logit, "disc/fake_logit": fake_logit,
@@ -211,10 +225,11 @@ def discriminator_r1(components, config, state, real, key):
   loss_cfg = config.loss
 
   def loss_fn(d_params):
-    penalty = losses.r1_penalty(lambda x: _discriminate(components, d_params, x), real)
+    penalty = losses.r1_penalty(lambda x: _discriminate(components, config, d_params, x), real)
     return jnp.mean(penalty) * (loss_cfg.r1_gamma / 2.0) * loss_cfg.r1_interval
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.d_params)
+  loss, grads = precision.value_and_grad(loss_fn, precision.compute_dtype(config))(
+      state.d_params)
   d_params, d_opt_state = _update(components.d_tx, grads, state.d_opt_state, state.d_params)
   return state.replace(d_params=d_params, d_opt_state=d_opt_state), {"loss/r1": loss}
 

@@ -15,6 +15,7 @@ import optax
 
 from gmsrm_jax import models
 from gmsrm_jax import objectives
+from gmsrm_jax import precision
 from gmsrm_jax.train.state import Components, TrainState
 
 
@@ -29,13 +30,18 @@ def generator_variables(params: Any, g_state: dict[str, Any], frozen: Any) -> di
 
 
 def generator_forward(components: Components, variables: dict[str, Any], image: jax.Array,
-                      mask: jax.Array, *, train: bool, rng: jax.Array
+                      mask: jax.Array, *, train: bool, rng: jax.Array,
+                      compute_dtype: Any | None = None
                       ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any],
                                  dict[str, jax.Array]]:
-  """Returns (prediction, auxiliary loss terms, updated non-param collections, diagnostics)."""
+  """Returns (prediction, auxiliary loss terms, updated non-param collections, diagnostics).
+
+  `compute_dtype` is the dtype the network proper runs in, with `variables` cast to it by
+  the caller (the train step's mixed precision); None for inference, in float32.
+  """
   carried = [name for name in variables if name != "params"]
   (prediction, aux), new_state = components.generator.apply(
-      variables, image, mask, train=train, rngs={"noise": rng},
+      variables, image, mask, train=train, compute_dtype=compute_dtype, rngs={"noise": rng},
       mutable=[*carried, DIAGNOSTICS])
   new_state = dict(new_state)
   diagnostics = traverse_util.flatten_dict(new_state.pop(DIAGNOSTICS, {}), sep="/")
@@ -54,26 +60,38 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
   objective = objectives.get(config.loss)
   adversarial = uses_discriminator(config)
 
+  compute_dtype = precision.compute_dtype(config)  # docs/DESIGN.md P1.
+  compute = lambda tree: precision.to_compute(tree, compute_dtype)
+
   def discriminate(d_params, images, *, update_stats):
     # Real and fake in one call: one spectral-norm power iteration per step, one D launch.
-    both_masks = jnp.concatenate([mask, mask])
+    # The spectral-norm statistics enter uncast: their power iteration promotes to float32.
+    both_masks = compute(jnp.concatenate([mask, mask]))
+    variables = {"params": compute(d_params), **state.d_state}
     if update_stats:
-      logits, new_d_state = disc.apply({"params": d_params, **state.d_state}, images,
-                                       both_masks, update_stats=True,
-                                       mutable=list(state.d_state.keys()))
+      logits, new_d_state = disc.apply(variables, compute(images), both_masks,
+                                       update_stats=True, mutable=list(state.d_state.keys()))
     else:
-      logits = disc.apply({"params": d_params, **state.d_state}, images, both_masks,
-                          update_stats=False)
+      logits = disc.apply(variables, compute(images), both_masks, update_stats=False)
       new_d_state = state.d_state
-    real_logits, fake_logits = jnp.split(logits, 2)
+    real_logits, fake_logits = jnp.split(precision.to_float32(logits), 2)
     return real_logits, fake_logits, dict(new_d_state)
 
   def g_loss_fn(g_params):
     # Only the trainable params are differentiated: the frozen ones enter as constants of
     # this function, so no gradient (and no optimizer or EMA state) ever exists for them.
+    # The carried collections (CICM's memory) enter uncast: the model keeps them float32.
+    variables = generator_variables(compute(g_params), state.g_state, compute(state.frozen))
+    # Image and mask stay float32: the model casts its encoder's input (models.base
+    # in_compute_dtype), after the parameter-free prior.
     prediction, aux, new_g_state, diagnostics = generator_forward(
-        components, generator_variables(g_params, state.g_state, state.frozen), image, mask,
-        train=True, rng=step_rng)
+        components, variables, image, mask, train=True, rng=step_rng,
+        compute_dtype=compute_dtype)
+    # New carried state is not cast: a module that computed it in bfloat16 would show in its
+    # dtype (tests/test_mixed_precision.py) instead of being rounded silently.
+    prediction, diagnostics = precision.to_float32((prediction, diagnostics))
+    # In the model's order (a tree map would sort it): the weighted total sums them in it.
+    aux = {name: precision.at_least_float32(term) for name, term in aux.items()}
     completed = models.composite(prediction, image, mask)
     real_logits = fake_logits = None
     if adversarial:
@@ -81,13 +99,13 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
           state.d_params, jnp.concatenate([image, completed]), update_stats=False)
     terms = {**objective.generator_terms(image=image, mask=mask, prediction=prediction,
                                          real_logits=real_logits, fake_logits=fake_logits,
-                                         loss_networks=loss_networks or {}),
+                                         loss_networks=compute(loss_networks or {})),
              **aux}
     return objective.generator_total(terms, config.loss), (terms, completed, new_g_state,
                                                            diagnostics)
 
-  (g_total, (g_terms, completed, new_g_state, diagnostics)), g_grads = jax.value_and_grad(
-      g_loss_fn, has_aux=True)(state.g_params)
+  (g_total, (g_terms, completed, new_g_state, diagnostics)), g_grads = precision.value_and_grad(
+      g_loss_fn, compute_dtype, has_aux=True)(state.g_params)
 
   g_updates, g_opt_state = components.g_tx.update(g_grads, state.g_opt_state, state.g_params)
   g_params = optax.apply_updates(state.g_params, g_updates)
@@ -109,8 +127,8 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
     loss = objective.discriminator_loss(real_logits, fake_logits)
     return loss, (new_d_state, jnp.mean(real_logits), jnp.mean(fake_logits))
 
-  (d_loss, (new_d_state, real_mean, fake_mean)), d_grads = jax.value_and_grad(
-      d_loss_fn, has_aux=True)(state.d_params)
+  (d_loss, (new_d_state, real_mean, fake_mean)), d_grads = precision.value_and_grad(
+      d_loss_fn, compute_dtype, has_aux=True)(state.d_params)
   d_updates, d_opt_state = components.d_tx.update(d_grads, state.d_opt_state, state.d_params)
   new_state = new_state.replace(d_params=optax.apply_updates(state.d_params, d_updates),
                                 d_opt_state=d_opt_state, d_state=new_d_state)
