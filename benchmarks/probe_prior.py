@@ -1,0 +1,56 @@
+"""The parameter-free prior against scikit-image's biharmonic inpainting, no training.
+
+  python benchmarks/probe_prior.py [--split='train[3744:]'] [--bins=20-30,40-50,50-60]
+      [--variants=32:0,32:64,32:256]
+
+For each mask bin of the base demo's evaluation (its first 64 images of `--split`, one fixed
+mask each), prints the PSNR of biharmonic inpainting and of `models.base.pyramid_fill` with
+J Jacobi and R biharmonic Richardson steps per pyramid level (`J:R`), composited the same way.
+DESIGN Q11 quotes its output.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
+
+_SPLIT = flags.DEFINE_string("split", "train[3744:]", "Images (a validation split by default).")
+_BINS = flags.DEFINE_list("bins", ["20-30", "40-50", "50-60"], "Mask bins.")
+_VARIANTS = flags.DEFINE_list("variants", ["32:0", "32:64", "32:256"],
+                              "Jacobi:Richardson steps per level.")
+_IMAGES = flags.DEFINE_integer("num_images", 64, "Images per bin.")
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from configs import base as base_config  # pylint: disable=g-import-not-at-top
+  from gmsrm_jax import baselines  # pylint: disable=g-import-not-at-top
+  from gmsrm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from gmsrm_jax.models import base  # pylint: disable=g-import-not-at-top
+
+  config = base_config.get_config("demo")
+  config.data.eval_split = _SPLIT.value
+
+  def psnr(output, image):
+    mse = np.mean((np.asarray(output, np.float64) - image) ** 2, axis=(1, 2, 3))
+    return float(np.mean(10 * np.log10(4.0 / mse)))  # [-1, 1] images: peak-to-peak 2.
+
+  fills = {v: jax.jit(lambda i, m, j=int(v.split(":")[0]), r=int(v.split(":")[1]):
+                      base.composite(base.pyramid_fill(i, m, j, r), i, m))
+           for v in _VARIANTS.value}
+  for bin_name in _BINS.value:
+    batch = next(iter(pipeline.create_eval_iterator(config, mask_spec=("bin", bin_name),
+                                                    num_images=_IMAGES.value)))
+    real = np.asarray(batch["weight"]) > 0
+    image, mask = np.asarray(batch["image"])[real], np.asarray(batch["mask"])[real]
+    row = {"biharmonic": psnr(baselines.inpaint("biharmonic", image, mask), image)}
+    row.update({f"prior {v}": psnr(fill(image, mask), image) for v, fill in fills.items()})
+    print(f"{bin_name}: " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
