@@ -112,6 +112,7 @@ ADDED_FIELDS = {
     "model.hole_fill": "zero",
     "model.fill_iterations": 8,
     "model.residual_output": False,
+    "train.compilation_cache_dir": "",
 }
 
 

@@ -1,5 +1,6 @@
 """train_and_evaluate: the one training loop every config runs through."""
 
+import contextlib
 import functools
 import os
 import shlex
@@ -11,6 +12,7 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 import jax
+from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -108,6 +110,45 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str, mesh, *,
   return components, restored.state, restored.step
 
 
+def jit_train_steps(config: ml_collections.ConfigDict, task: tasks.Task, components: Any,
+                    mesh) -> dict[str, Callable]:
+  """The steps as the loop runs them: (state, batch, loss networks, health) -> (state,
+  metrics, health), with the health update (health.update) inside, the state and health
+  donated."""
+
+  def step_with_health(state, batch, loss_networks, device_health):
+    new_state, metrics = task.train_step(components, config, state, batch, loss_networks)
+    return new_state, metrics, health.update(device_health, metrics, new_state)
+
+  replicated = parallel.replicated(mesh)
+  return {"": jax.jit(step_with_health,
+                      in_shardings=(replicated, parallel.batch_sharded(mesh), replicated,
+                                    replicated),
+                      out_shardings=(replicated, replicated, replicated),
+                      donate_argnums=(0, 3))}
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: str):
+  """JAX's persistent compilation cache in `directory` ("" = off) while the block runs.
+
+  The setting is process-wide; JAX reads it once, at its first compile, so it is reset on the
+  way in and out (a process that trains twice, e.g. a test session, keeps its other compiles
+  out of the run's directory).
+  """
+  if not directory:
+    yield
+    return
+  previous = jax.config.jax_compilation_cache_dir
+  jax_compilation_cache.set_cache_dir(directory)
+  jax_compilation_cache.reset_cache()
+  try:
+    yield
+  finally:
+    jax_compilation_cache.set_cache_dir(previous)
+    jax_compilation_cache.reset_cache()
+
+
 def split_for_writer(means: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, Any]]:
   """Metrics averaged over the log interval -> (scalars, images) for the metric writer.
 
@@ -176,15 +217,8 @@ def _train(config, workdir, task, components, mesh, manager, state, loss_network
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config_checks.flatten(config.to_dict()).items()})
 
-  def step_with_health(state, batch, loss_networks, device_health):
-    new_state, metrics = task.train_step(components, config, state, batch, loss_networks)
-    return new_state, metrics, health.update(device_health, metrics, new_state)
-
   replicated = parallel.replicated(mesh)
-  train_step = jax.jit(step_with_health,
-                       in_shardings=(replicated, parallel.batch_sharded(mesh), replicated,
-                                     replicated),
-                       out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 3))
+  train_step = jit_train_steps(config, task, components, mesh)[""]
   sample = task.make_sampler(components, config, mesh)
   evaluator = None
   eval_every = config.train.get("eval_every", 0)
