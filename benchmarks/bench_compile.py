@@ -16,6 +16,7 @@ configs/memory_places2.py) and gmsrm (stage 2, configs/gmsrm.py:places2; its mem
 randomly initialised one, as in benchmarks/bench_gmsrm.py).
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -57,8 +58,8 @@ def _abstract_loss_networks(task, config, sharding):
   return {objectives.VGG19: traverse_util.unflatten_dict(flat, sep="/")}
 
 
-def measure(family: str) -> dict[str, float]:
-  """Seconds to trace and compile the init and each step variant of `family`."""
+def measure(family: str) -> dict[str, list[float]]:
+  """[wall, CPU] seconds to trace and compile the init and each step variant of `family`."""
   import jax  # pylint: disable=g-import-not-at-top
   from gmsrm_jax.train import health  # pylint: disable=g-import-not-at-top
   from gmsrm_jax.train import loop  # pylint: disable=g-import-not-at-top
@@ -74,9 +75,8 @@ def measure(family: str) -> dict[str, float]:
   result = {}
   with loop.compilation_cache(config.train.compilation_cache_dir):
     init_fn, abstract = loop.abstract_train_state(config, task, components, mesh)
-    start = time.perf_counter()
-    jax.jit(init_fn, out_shardings=replicated).lower().compile()
-    result["init"] = time.perf_counter() - start
+    with _timed(result, "init"):
+      jax.jit(init_fn, out_shardings=replicated).lower().compile()
     size, batch_size = config.data.crop_size, config.train.batch_size
     batch_sharding = parallel.batch_sharded(mesh)
     batch = {"image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jax.numpy.float32,
@@ -88,13 +88,20 @@ def measure(family: str) -> dict[str, float]:
         jax.eval_shape(health.initial, abstract))
     loss_networks = _abstract_loss_networks(task, config, replicated)
     for name, step in loop.jit_train_steps(config, task, components, mesh).items():
-      start = time.perf_counter()
-      step.lower(abstract, batch, loss_networks, device_health).compile()
-      result[f"step {name}".strip()] = time.perf_counter() - start
+      with _timed(result, f"step {name}"):
+        step.lower(abstract, batch, loss_networks, device_health).compile()
   return result
 
 
-def _run_child(family: str) -> dict[str, float]:
+@contextlib.contextmanager
+def _timed(result: dict[str, list[float]], name: str):
+  """result[name] = [wall seconds, CPU seconds of this process (all threads)]."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  yield
+  result[name] = [time.perf_counter() - wall, time.process_time() - cpu]
+
+
+def _run_child(family: str) -> dict[str, list[float]]:
   output = subprocess.run(
       [sys.executable, __file__, f"--one={family}",
        f"--compilation_cache_dir={_CACHE_DIR.value}"],
@@ -109,15 +116,15 @@ def main(argv):
     return
   import jax  # pylint: disable=g-import-not-at-top
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, load average "
-        f"{os.getloadavg()[0]:.1f}; seconds of trace + compile")
+        f"{os.getloadavg()[0]:.1f}; seconds of trace + compile, wall (CPU of the process)")
   runs = ("cold", "warm") if _CACHE_DIR.value else ("",)
   for family in _FAMILIES.value:
     for run in runs:
       result = _run_child(family)
-      total = sum(result.values())
-      parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in result.items())
-      print(f"{family:>10} {run:>5} {FAMILIES[family]:<24} total {total:6.1f}: {parts}",
-            flush=True)
+      wall, cpu = (sum(times[i] for times in result.values()) for i in (0, 1))
+      parts = ", ".join(f"{name} {w:.1f} ({c:.1f})" for name, (w, c) in result.items())
+      print(f"{family:>10} {run:>5} {FAMILIES[family]:<24} total {wall:6.1f} ({cpu:.1f}): "
+            f"{parts}; load {os.getloadavg()[0]:.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,16 +3,18 @@
   python benchmarks/bench_memory_pretraining.py --configs=memory_synthetic:tiny,memory_synthetic
   python benchmarks/bench_memory_pretraining.py --configs=memory_places2 --no_time
 
-For each config: every phase jitted on its own and the whole train step (whose lazy phases are
-`lax.cond` branches), on this machine's default device, batch = config.train.batch_size.
-Prints compile seconds, the median seconds per call over --steps timed calls after a warm-up
-(skipped with --no_time, e.g. for 256x256 on a CPU), and XLA's cost-analysis FLOPs per
-image. The step's FLOPs count both branches of each lazy phase, as XLA's analysis does; the
-amortised cost per step is G + D + pl/pl_interval + R1/r1_interval.
+For each config: every phase jitted on its own and each variant of the train step (the lazy
+phases it runs: "pl+r1", "plain", "pl", "r1"; `mp.step_variants`), on this machine's default
+device, batch = config.train.batch_size. Prints compile seconds, the median seconds per call
+over --steps timed calls after a warm-up (skipped with --no_time, e.g. for 256x256 on a CPU),
+and XLA's cost-analysis FLOPs per image, then the amortised FLOPs per step: the variants
+weighted by how often steps pick them over one period of the intervals.
 """
 
+import collections
 import functools
 import importlib
+import math
 import statistics
 import sys
 import time
@@ -68,11 +70,20 @@ def bench(name: str) -> list[tuple[str, dict[str, float]]]:
   for label, phase in PHASES:
     rows.append((label, _measure(functools.partial(phase, components, config),
                                  (state, real, key), _TIME.value)))
-  step = functools.partial(mp.train_step, components, config)
-  rows.append(("train step", _measure(step, (state, {"image": real}), _TIME.value)))
+  for name, step in mp.step_variants(config).items():
+    rows.append((f"step {name}", _measure(functools.partial(step, components, config),
+                                          (state, {"image": real}), _TIME.value)))
   for _, row in rows:
     row["gflop_per_image"] = row["flops"] / batch / 1e9
   return rows
+
+
+def amortised_gflop_per_image(config, rows) -> float:
+  """The variants' FLOPs weighted by how often a step picks each (one period of intervals)."""
+  period = math.lcm(*mp.lazy_phases(config).values())
+  picks = collections.Counter(mp.pick_variant(config, step) for step in range(period))
+  per_variant = {label.removeprefix("step "): row["gflop_per_image"] for label, row in rows}
+  return sum(count * per_variant[name] for name, count in picks.items()) / period
 
 
 def main(argv):
@@ -84,9 +95,11 @@ def main(argv):
           f"{config.train.batch_size}, pl every {config.loss.pl_interval}, R1 every "
           f"{config.loss.r1_interval}")
     print(f"{'phase':>14} {'compile s':>10} {'s/call':>8} {'GFLOP/img':>10}")
-    for label, row in bench(name):
+    rows = bench(name)
+    for label, row in rows:
       call = f"{row['call_s']:8.4f}" if "call_s" in row else f"{'-':>8}"
       print(f"{label:>14} {row['compile_s']:>10.2f} {call} {row['gflop_per_image']:>10.3f}")
+    print(f"amortised step: {amortised_gflop_per_image(config, rows):.3f} GFLOP/img")
 
 
 if __name__ == "__main__":
