@@ -16,7 +16,6 @@ configs/memory_places2.py) and gmsrm (stage 2, configs/gmsrm.py:places2; its mem
 randomly initialised one, as in benchmarks/bench_gmsrm.py).
 """
 
-import contextlib
 import json
 import os
 import subprocess
@@ -59,7 +58,7 @@ def _abstract_loss_networks(task, config, sharding):
 
 
 def measure(family: str) -> dict[str, list[float]]:
-  """[wall, CPU] seconds to trace and compile the init and each step variant of `family`."""
+  """Seconds to trace and compile the init and each step variant of `family` (`_compile`)."""
   import jax  # pylint: disable=g-import-not-at-top
   from gmsrm_jax.train import health  # pylint: disable=g-import-not-at-top
   from gmsrm_jax.train import loop  # pylint: disable=g-import-not-at-top
@@ -75,8 +74,7 @@ def measure(family: str) -> dict[str, list[float]]:
   result = {}
   with loop.compilation_cache(config.train.compilation_cache_dir):
     init_fn, abstract = loop.abstract_train_state(config, task, components, mesh)
-    with _timed(result, "init"):
-      jax.jit(init_fn, out_shardings=replicated).lower().compile()
+    _compile(result, "init", jax.jit(init_fn, out_shardings=replicated))
     size, batch_size = config.data.crop_size, config.train.batch_size
     batch_sharding = parallel.batch_sharded(mesh)
     batch = {"image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jax.numpy.float32,
@@ -87,18 +85,20 @@ def measure(family: str) -> dict[str, list[float]]:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         jax.eval_shape(health.initial, abstract))
     loss_networks = _abstract_loss_networks(task, config, replicated)
-    for name, step in loop.jit_train_steps(config, task, components, mesh).items():
-      with _timed(result, f"step {name}"):
-        step.lower(abstract, batch, loss_networks, device_health).compile()
+    steps = loop.jit_train_steps(config, task, components, mesh)
+    for name, step in steps.items():
+      _compile(result, f"step {name}" if len(steps) > 1 else "step", step, abstract, batch,
+               loss_networks, device_health)
   return result
 
 
-@contextlib.contextmanager
-def _timed(result: dict[str, list[float]], name: str):
-  """result[name] = [wall seconds, CPU seconds of this process (all threads)]."""
+def _compile(result: dict[str, list[float]], name: str, jitted, *args) -> None:
+  """result[name] = [wall s, CPU s of this process (all threads), wall s of trace + lower]."""
   wall, cpu = time.perf_counter(), time.process_time()
-  yield
-  result[name] = [time.perf_counter() - wall, time.process_time() - cpu]
+  lowered = jitted.lower(*args)
+  lowered_wall = time.perf_counter() - wall
+  lowered.compile()
+  result[name] = [time.perf_counter() - wall, time.process_time() - cpu, lowered_wall]
 
 
 def _run_child(family: str) -> dict[str, list[float]]:
@@ -116,13 +116,15 @@ def main(argv):
     return
   import jax  # pylint: disable=g-import-not-at-top
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, load average "
-        f"{os.getloadavg()[0]:.1f}; seconds of trace + compile, wall (CPU of the process)")
+        f"{os.getloadavg()[0]:.1f}; seconds of trace + compile, wall (CPU of the process; wall of "
+        "trace + lower)")
   runs = ("cold", "warm") if _CACHE_DIR.value else ("",)
   for family in _FAMILIES.value:
     for run in runs:
       result = _run_child(family)
       wall, cpu = (sum(times[i] for times in result.values()) for i in (0, 1))
-      parts = ", ".join(f"{name} {w:.1f} ({c:.1f})" for name, (w, c) in result.items())
+      parts = ", ".join(f"{name} {w:.1f} ({c:.1f}; lower {l:.1f})"
+                        for name, (w, c, l) in result.items())
       print(f"{family:>10} {run:>5} {FAMILIES[family]:<24} total {wall:6.1f} ({cpu:.1f}): "
             f"{parts}; load {os.getloadavg()[0]:.1f}", flush=True)
 
