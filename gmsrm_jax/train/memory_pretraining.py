@@ -254,8 +254,8 @@ def step_variants(config: ml_collections.ConfigDict) -> dict[str, tasks.StepFn]:
 def _lazy(due: bool, phase: Phase, state, real, key):
   """`phase` on the steps it is due; otherwise the state unchanged and zero metrics.
 
-  Every variant so returns the same metrics; those of a lazy phase are its loss as applied
-  (already times the interval), so their mean over a window that is a multiple of the
+  So every variant returns the same metrics tree. A lazy phase's metrics are its loss as
+  applied (already times the interval), so their mean over a window that is a multiple of the
   interval is the per-step regularization loss.
   """
   if due:
