@@ -9,8 +9,8 @@ achieved TFLOP/s and MFU, device memory, and the input pipeline beside what the 
   --steps=0 (compile and count only: no state is built, nothing runs)
 
 The same command runs on CPU, GPU and TPU. What runs is the loop's own jitted step
-(`loop.jit_train_step`: the task's step and the device-side health flags, state donated) on
-the loop's mesh (every device, batch sharded), from the seed's initial state, on random images
+(`loop.jit_train_steps`; for stage 1 the variant most steps run, without the lazy regularisers:
+the task's step and the device-side health flags, state donated) on the loop's mesh (every device, batch sharded), from the seed's initial state, on random images
 with training masks. Frozen pre-trained parts (GM-SRM's memory) keep their random initial
 weights, and a missing VGG-19 file is replaced by random weights of its shapes: the FLOPs and
 the time do not depend on the values.
@@ -36,6 +36,7 @@ orbax save of the state the loop's way (bytes on disk, seconds before the step c
 seconds until written). docs/SCALING.md turns these figures into cluster sizes.
 """
 
+import collections
 import dataclasses
 import json
 import os
@@ -218,6 +219,14 @@ class CompiledStep:
   notes: tuple[str, ...]
 
 
+def common_variant(config, task, period: int = 256) -> str:
+  """The step variant the loop runs most often (stage 1: the step without the lazy
+  regularisers, which run one step in `r1_interval` / `pl_interval`); the only one for the
+  inpainting task."""
+  counts = collections.Counter(task.variant_for_step(config, s) for s in range(period))
+  return counts.most_common(1)[0][0]
+
+
 def compile_step(config, mesh=None) -> CompiledStep:
   """Lowers and compiles the loop's jitted step for `config` on `mesh` (default: the loop's
   mesh, every device) from abstract shapes: no state is built."""
@@ -233,7 +242,8 @@ def compile_step(config, mesh=None) -> CompiledStep:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(health.initial, abstract_state))
   start = time.perf_counter()
-  lowered = loop.jit_train_step(task, components, config, mesh).lower(
+  variant = common_variant(config, task)
+  lowered = loop.jit_train_steps(config, task, components, mesh)[variant].lower(
       abstract_state, batch, loss_networks, abstract_health)
   compiled = lowered.compile()
   return CompiledStep(config=config, mesh=mesh, lowered=lowered, compiled=compiled,

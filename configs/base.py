@@ -107,6 +107,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 5000
   config.train.max_to_keep = 3
   config.train.eval_every = 0  # 0: only evaluate.py evaluates.
+  # JAX's persistent compilation cache ("" = off): a rerun, resume or second job with the
+  # same programs loads the compiled step instead of compiling it (docs/TRAINING.md).
+  config.train.compilation_cache_dir = ""
+  # JAX transfer guard level for device-to-host reads in the body of every step ("allow",
+  # "log", "disallow", "log_explicit", "disallow_explicit"): the loop reads device values only
+  # at log and checkpoint steps, and "log" names any read that creeps in.
+  config.train.device_to_host_guard = "allow"
 
   config.eval = ml_collections.ConfigDict()
   config.eval.num_images = 1000  # Test images per mask bin.

@@ -54,6 +54,8 @@ _RATIO_RANGE = ((lambda v: isinstance(v, (tuple, list)) and len(v) == 2
                  and all(_is_number(x) for x in v) and 0 <= v[0] < v[1] <= 1),
                 "a pair (lo, hi) with 0 <= lo < hi <= 1")
 
+TRANSFER_GUARD_LEVELS = ("allow", "log", "disallow", "log_explicit", "disallow_explicit")
+
 # field -> (test, allowed values). Fields a config lacks are not checked.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": _NON_NEGATIVE_INT,
@@ -68,6 +70,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.ema_decay": _PROBABILITY,
     "train.compute_dtype": ((lambda v: v in precision.COMPUTE_DTYPES),
                             " or ".join(map(repr, precision.COMPUTE_DTYPES))),
+    "train.device_to_host_guard": (
+        (lambda v: v in TRANSFER_GUARD_LEVELS),
+        " or ".join(f'"{level}"' for level in TRANSFER_GUARD_LEVELS)),
+    "train.compilation_cache_dir": ((lambda v: isinstance(v, str)), 'a directory or "" (off)'),
     "eval.batch_size": _POSITIVE_INT,
     "eval.num_images": _POSITIVE_INT,
     "data.crop_size": _POSITIVE_INT,
@@ -119,6 +125,8 @@ ADDED_FIELDS = {
     "model.fill_biharmonic_iterations": 0,
     "model.residual_output": False,
     "train.compute_dtype": "float32",
+    "train.compilation_cache_dir": "",
+    "train.device_to_host_guard": "allow",
 }
 
 

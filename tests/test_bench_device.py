@@ -34,7 +34,7 @@ def test_the_benchmark_compiles_the_loops_step(tiny_step):
   abstract_health = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(health.initial, abstract_state))
-  lowered = loop.jit_train_step(task, components, config, mesh).lower(
+  lowered = loop.jit_train_steps(config, task, components, mesh)[tasks.ONLY_VARIANT].lower(
       abstract_state, batch, {}, abstract_health)
   assert lowered.as_text() == tiny_step.lowered.as_text()
 

@@ -1,6 +1,8 @@
 """train_and_evaluate: the one training loop every config runs through."""
 
+import contextlib
 import functools
+import itertools
 import os
 import shlex
 import sys
@@ -11,6 +13,7 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 import jax
+from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -108,20 +111,50 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str, mesh, *,
   return components, restored.state, restored.step
 
 
-def jit_train_step(task: tasks.Task, components: Any, config: ml_collections.ConfigDict, mesh
-                   ) -> Callable:
-  """The loop's step, jitted: (state, batch, loss_networks, health) -> (state, metrics, health),
-  with the state and health donated. benchmarks/bench_device.py times and counts this same
-  program, so its figures are the loop's."""
-
-  def step_with_health(state, batch, loss_networks, device_health):
-    new_state, metrics = task.train_step(components, config, state, batch, loss_networks)
-    return new_state, metrics, health.update(device_health, metrics, new_state)
-
+def jit_train_steps(config: ml_collections.ConfigDict, task: tasks.Task, components: Any,
+                    mesh) -> dict[str, Callable]:
+  """The task's step variants as the loop runs them, by name: (state, batch, loss networks,
+  health) -> (state, metrics, health), with the health update (health.update) inside and the
+  state and health donated. Each compiles at its first call."""
   replicated = parallel.replicated(mesh)
-  return jax.jit(step_with_health,
-                 in_shardings=(replicated, parallel.batch_sharded(mesh), replicated, replicated),
-                 out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 3))
+
+  def jit(step_fn):
+    def step_with_health(state, batch, loss_networks, device_health):
+      new_state, metrics = step_fn(components, config, state, batch, loss_networks)
+      return new_state, metrics, health.update(device_health, metrics, new_state)
+
+    return jax.jit(step_with_health,
+                   in_shardings=(replicated, parallel.batch_sharded(mesh), replicated,
+                                 replicated),
+                   out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 3))
+
+  return {name: jit(step_fn) for name, step_fn in task.variants(config).items()}
+
+
+# The log window's running sum of the metrics: one dispatch per step instead of one per metric.
+_add_metrics = jax.jit(lambda summed, metrics: jax.tree.map(jnp.add, summed, metrics),
+                       donate_argnums=0)
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: str):
+  """JAX's persistent compilation cache in `directory` ("" = off) while the block runs.
+
+  The setting is process-wide; JAX reads it once, at its first compile, so it is reset on the
+  way in and out (a process that trains twice, e.g. a test session, keeps its other compiles
+  out of the run's directory).
+  """
+  if not directory:
+    yield
+    return
+  previous = jax.config.jax_compilation_cache_dir
+  jax_compilation_cache.set_cache_dir(directory)
+  jax_compilation_cache.reset_cache()
+  try:
+    yield
+  finally:
+    jax_compilation_cache.set_cache_dir(previous)
+    jax_compilation_cache.reset_cache()
 
 
 def split_for_writer(means: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, Any]]:
@@ -171,7 +204,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   manager = checkpoint.create_manager(workdir, max_to_keep=config.train.max_to_keep)
   # The handlers stay ours until the last save is written: a signal after the last step
   # must not kill that save (the run then simply finishes).
-  with preemption.StopRequests(jax.process_count()) as stop:
+  with (compilation_cache(config.train.compilation_cache_dir),
+        preemption.StopRequests(jax.process_count()) as stop):
     try:
       state = restore_or_init(config, task, components, mesh, manager, step=step,
                               allow_config_change=allow_config_change)
@@ -193,7 +227,7 @@ def _train(config, workdir, task, components, mesh, manager, state, loss_network
     writer.write_hparams({k: str(v) for k, v in config_checks.flatten(config.to_dict()).items()})
 
   replicated = parallel.replicated(mesh)
-  train_step = jit_train_step(task, components, config, mesh)
+  train_steps = jit_train_steps(config, task, components, mesh)
   sample = task.make_sampler(components, config, mesh)
   evaluator = None
   eval_every = config.train.get("eval_every", 0)
@@ -211,7 +245,10 @@ def _train(config, workdir, task, components, mesh, manager, state, loss_network
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=num_steps, writer=writer, every_secs=None,
       every_steps=config.train.log_every)
-  train_iter = pipeline.create_train_iterator(config, start_step=start_step)
+  # Bounded by the run, so the prefetch reads no batch past the last step.
+  batches = parallel.prefetch_global_batches(
+      itertools.islice(pipeline.create_train_iterator(config, start_step=start_step),
+                       num_steps - start_step), mesh)
   logging.info("Training steps %d -> %d on %d device(s), %d process(es).", start_step, num_steps,
                mesh.devices.size, jax.process_count())
 
@@ -220,16 +257,20 @@ def _train(config, workdir, task, components, mesh, manager, state, loss_network
   summed, summed_count = None, 0
   interval_start, interval_steps = time.perf_counter(), 0
   for step in range(start_step, num_steps):
-    batch = parallel.global_batch(next(train_iter), mesh)
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      state, metrics, device_health = train_step(state, batch, loss_networks, device_health)
-    summed = metrics if summed is None else jax.tree.map(jnp.add, summed, metrics)
-    summed_count += 1
-    interval_steps += 1
-    done = step + 1
-    report_progress(done)
+    # Nothing here reads a device value, so the host runs ahead of the device (the prefetched
+    # batch, the next step's dispatch); the guard turns a read into an error or a log line.
+    with jax.transfer_guard_device_to_host(config.train.device_to_host_guard):
+      batch = next(batches)
+      step_fn = train_steps[task.variant_for_step(config, step)]
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics, device_health = step_fn(state, batch, loss_networks, device_health)
+      summed = metrics if summed is None else _add_metrics(summed, metrics)
+      summed_count += 1
+      interval_steps += 1
+      done = step + 1
+      report_progress(done)
+      stop_reason = stop.requested(manager, done)
 
-    stop_reason = stop.requested(manager, done)
     is_last = done == num_steps
     log_now = done % config.train.log_every == 0 or is_last
     save_now = done % config.train.checkpoint_every == 0 or is_last or stop_reason

@@ -9,12 +9,14 @@ then export the frozen memory that stage 2 loads by path (and a before/after rep
 One train step runs StyleGAN2's four phases in order, each an Adam update on its own:
   G main (non-saturating loss) -> G reg (path length, every pl_interval steps)
   -> D main (logistic loss on fakes of the updated G) -> D reg (R1, every r1_interval steps),
-then the EMA of G. Lazy phases change the state only on their steps (`_every`). Batch masks
-are ignored: the memory models whole images.
+then the EMA of G. A step runs the lazy phases due at it: the loop picks one of the step
+variants (`step_variants`, `pick_variant`) from the step number. Batch masks are ignored: the
+memory models whole images.
 """
 
 import functools
 import json
+import math
 import os
 from typing import Any, Callable
 
@@ -234,32 +236,47 @@ def discriminator_r1(components, config, state, real, key):
   return state.replace(d_params=d_params, d_opt_state=d_opt_state), {"loss/r1": loss}
 
 
-def _every(interval: int, phase: Phase, state, real, key):
-  """Applies `phase` when state.step % interval == 0; otherwise the state and zero metrics.
+# Variant name of a step with no lazy phase due.
+PLAIN = "plain"
 
-  Metrics of a lazy phase are its loss as applied (already times the interval), so their mean
-  over a window that is a multiple of the interval is the per-step regularization loss.
 
-  On accelerators the phase is a `lax.cond` branch: only the taken branch runs. XLA:CPU runs
-  convolution weight gradients inside a conditional ~50x slower than outside (measured), so
-  on CPU the phase is computed every step and its update kept only when due; the resulting
-  states are the same.
+def lazy_phases(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """{name: interval} of the lazy regularizers the config turns on: "pl", "r1"."""
+  phases = {}
+  if config.loss.pl_weight:
+    phases["pl"] = config.loss.pl_interval
+  if config.loss.r1_gamma:
+    phases["r1"] = config.loss.r1_interval
+  return phases
+
+
+def pick_variant(config: ml_collections.ConfigDict, step: int) -> str:
+  """The step variant step `step` runs: its due lazy phases ("pl+r1", "pl", "r1") or PLAIN."""
+  due = [name for name, interval in lazy_phases(config).items() if step % interval == 0]
+  return "+".join(due) or PLAIN
+
+
+def step_variants(config: ml_collections.ConfigDict) -> dict[str, tasks.StepFn]:
+  """The variants steps pick (one period of the intervals holds them all), in order of first
+  use: "pl+r1", PLAIN, "pl" for StyleGAN2's intervals 4 and 16."""
+  period = math.lcm(*lazy_phases(config).values())
+  names = dict.fromkeys(pick_variant(config, step) for step in range(period))
+  return {name: functools.partial(train_step,
+                                  regularize=() if name == PLAIN else tuple(name.split("+")))
+          for name in names}
+
+
+def _lazy(due: bool, phase: Phase, state, real, key):
+  """`phase` on the steps it is due; otherwise the state unchanged and zero metrics.
+
+  So every variant returns the same metrics tree. A lazy phase's metrics are its loss as
+  applied (already times the interval), so their mean over a window that is a multiple of the
+  interval is the per-step regularization loss.
   """
-  due = state.step % interval == 0
-
-  def skip(state, real, key):
-    shapes = jax.eval_shape(phase, state, real, key)[1]
-    return state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-  def select(state, real, key):
-    applied, metrics = phase(state, real, key)
-    keep = lambda new, old: jnp.where(due, new, old)
-    return (jax.tree.map(keep, applied, state),
-            jax.tree.map(lambda m: jnp.where(due, m, jnp.zeros_like(m)), metrics))
-
-  return jax.lax.platform_dependent(
-      state, real, key, cpu=select,
-      default=lambda *args: jax.lax.cond(due, phase, skip, *args))
+  if due:
+    return phase(state, real, key)
+  metrics = jax.eval_shape(phase, state, real, key)[1]
+  return state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics)
 
 
 def ema_beta(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
@@ -278,21 +295,22 @@ def ema_beta(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
 
 def train_step(components: state_lib.Components, config: ml_collections.ConfigDict,
                state: state_lib.TrainState, batch: dict[str, jax.Array],
-               loss_networks: dict[str, Any] | None = None
-               ) -> tuple[state_lib.TrainState, Metrics]:
+               loss_networks: dict[str, Any] | None = None, *,
+               regularize: tuple[str, ...] = ()) -> tuple[state_lib.TrainState, Metrics]:
+  """One step; `regularize` names the lazy phases it runs ("pl", "r1"): those due at this
+  step, i.e. pick_variant(config, state.step) split at "+" (the loop's step variants)."""
   del loss_networks  # StyleGAN2's losses use no frozen network.
   real = batch["image"]
   keys = jax.random.split(jax.random.fold_in(state.rng, state.step), 4)
   bind = lambda phase: functools.partial(phase, components, config)
   state, metrics = bind(generator_main)(state, real, keys[0])
   if config.loss.pl_weight:
-    state, reg = _every(config.loss.pl_interval, bind(generator_path_length), state, real,
-                        keys[1])
+    state, reg = _lazy("pl" in regularize, bind(generator_path_length), state, real, keys[1])
     metrics.update(reg)
   state, d_metrics = bind(discriminator_main)(state, real, keys[2])
   metrics.update(d_metrics)
   if config.loss.r1_gamma:
-    state, reg = _every(config.loss.r1_interval, bind(discriminator_r1), state, real, keys[3])
+    state, reg = _lazy("r1" in regularize, bind(discriminator_r1), state, real, keys[3])
     metrics.update(reg)
   beta = ema_beta(config, state.step)
   state = state.replace(step=state.step + 1,
@@ -345,8 +363,9 @@ def make_sampler(components, config, mesh):
   return sample
 
 
-TASK = tasks.Task(create_components=create_components, init_state=init_state,
-                  train_step=train_step, make_sampler=make_sampler)
+TASK = tasks.Task(create_components=create_components, init_state=init_state, train_step=None,
+                  make_sampler=make_sampler, step_variants=step_variants,
+                  pick_variant=pick_variant)
 
 
 # --- Stage-1 output: the exported memory and a before/after check against the data. -------

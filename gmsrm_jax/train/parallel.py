@@ -1,6 +1,7 @@
 """Mesh, shardings, multi-process start-up and global batches (jit + NamedSharding, no pmap)."""
 
-from typing import Any, Callable
+import collections
+from typing import Any, Callable, Iterable, Iterator
 
 from absl import logging
 import jax
@@ -42,6 +43,22 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   """Assembles each process's slice of the batch into global arrays sharded on 'data'."""
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def prefetch_global_batches(local_batches: Iterable[dict[str, np.ndarray]], mesh: Mesh,
+                            ahead: int = 1) -> Iterator[dict[str, jax.Array]]:
+  """global_batch of each local batch, in order, with the next `ahead` already sent.
+
+  Sending to the devices is asynchronous, so the copy of step t + 1's batch runs while step t
+  computes (double buffering with ahead = 1: one extra batch held on the devices). Every
+  process sends its batches in the same order, as global_batch requires.
+  """
+  sent = collections.deque()
+  for local_batch in local_batches:
+    sent.append(global_batch(local_batch, mesh))
+    if len(sent) > ahead:
+      yield sent.popleft()
+  yield from sent
 
 
 def create_sharded(init_fn: Callable[[], Any], mesh: Mesh) -> Any:

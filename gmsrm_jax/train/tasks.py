@@ -26,6 +26,8 @@ from gmsrm_jax.train import step as step_lib
 # state, batch -> (state, metrics); pure, jitted by the loop with the state donated.
 StepFn = Callable[[Any, ml_collections.ConfigDict, state_lib.TrainState, dict],
                   tuple[state_lib.TrainState, dict]]
+# The variant name of tasks whose every step does the same work.
+ONLY_VARIANT = "step"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +35,8 @@ class Task:
   create_components: Callable[[ml_collections.ConfigDict], Any]
   # (components, config, rng) -> TrainState. Pure: the loop jits it with replicated outputs.
   init_state: Callable[[Any, ml_collections.ConfigDict, jax.Array], state_lib.TrainState]
-  train_step: StepFn
+  # The step every step runs; None for tasks with step_variants.
+  train_step: StepFn | None
   # (components, config, mesh) -> (state -> uint8 grid image). Fixed inputs are prepared once,
   # so grids are comparable across steps and runs.
   make_sampler: Callable[[Any, ml_collections.ConfigDict, Any],
@@ -44,6 +47,27 @@ class Task:
       lambda config, abstract_frozen, sharding: {})
   # config -> frozen networks the loss needs ({name: host param tree}), passed to every step.
   loss_networks: Callable[[ml_collections.ConfigDict], dict[str, Any]] = lambda config: {}
+  # Tasks whose steps differ in the work they do (stage 1's lazy regularisation): config ->
+  # {variant name: StepFn}, and (config, step number) -> the variant that step runs. Every
+  # variant returns the same metrics tree (the loop sums metrics over a log window). The loop
+  # jits each variant on its own and picks one in Python per step, so no step computes work it
+  # then discards; a variant compiles when a step first picks it.
+  step_variants: Callable[[ml_collections.ConfigDict], dict[str, StepFn]] | None = None
+  pick_variant: Callable[[ml_collections.ConfigDict, int], str] | None = None
+
+  def __post_init__(self):
+    if (self.train_step is None) == (self.step_variants is None):
+      raise ValueError("A task has either one train_step or step_variants, not both.")
+    if (self.step_variants is None) != (self.pick_variant is None):
+      raise ValueError("step_variants and pick_variant come together.")
+
+  def variants(self, config: ml_collections.ConfigDict) -> dict[str, StepFn]:
+    if self.step_variants is None:
+      return {ONLY_VARIANT: self.train_step}
+    return self.step_variants(config)
+
+  def variant_for_step(self, config: ml_collections.ConfigDict, step: int) -> str:
+    return ONLY_VARIANT if self.pick_variant is None else self.pick_variant(config, step)
 
 
 def _inpainting_init(components, config, rng):
