@@ -91,7 +91,9 @@ def _stage1() -> Family:
   return Family(
       config, mp.create_components,
       lambda components, config: mp.init_state(components, config, jax.random.PRNGKey(0)),
-      mp.train_step,
+      # Both lazy regularisers (R1, path length) on every step, so their bfloat16 versions are
+      # compared too (the loop runs this variant on steps divisible by both intervals).
+      functools.partial(mp.train_step, regularize=("pl", "r1")),
       lambda i: {"image": _batch(batch_size=config.train.batch_size, size=4, seed=i)["image"]})
 
 
