@@ -84,12 +84,44 @@ def normal_init(stddev: float = 1.0):
   return lambda key, shape, dtype=jnp.float32: stddev * standard_normal(key, shape, dtype)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int | None = None,
+def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
+           padding: int | tuple[tuple[int, int], tuple[int, int]] | None = None,
            groups: int = 1) -> jax.Array:
-  """Cross-correlation with an HWIO kernel; padding defaults to 'same' for odd kernels."""
+  """Cross-correlation with an HWIO kernel; padding (one int for all four sides, or per-axis
+  (low, high) pairs) defaults to 'same' for odd kernels."""
   pad = kernel.shape[0] // 2 if padding is None else padding
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+  pads = ((pad, pad), (pad, pad)) if isinstance(pad, int) else pad
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pads,
                                       dimension_numbers=_DIMENSIONS, feature_group_count=groups)
+
+
+def upsample_conv2d(x: jax.Array, kernel: jax.Array, *, groups: int = 1) -> jax.Array:
+  """StyleGAN2's upsampling conv: 3x3 transposed conv with stride 2, then the FIR filter with
+  gain 4 and pads (1, 1), [B,H,W,I] -> [B,2H,2W,O], the conv's work done at the INPUT resolution.
+
+  The transposed conv (StyleGAN2 flips the kernel for it) is the 'full' cross-correlation of
+  the zero-inserted input with `kernel`, size 2H+1. Output row 2p+a only meets the kernel rows
+  of parity a: rows 0 and 2 on input rows p-1, p (a = 0) and row 1 on input row p (a = 1);
+  likewise for columns. So it is four small convs at input resolution (2x2, 2x1, 1x2 and 1x1
+  taps: 9 multiply-adds per input pixel, against 36 per input pixel for a 3x3 conv after
+  upsampling) interleaved depth-to-space; each is padded to (H+1) x (W+1), the odd phases' last
+  row/column reading only zero padding, so the interleaved map is the 2H+1 result plus one
+  zero row and column, cropped. Away from the border this equals `conv2d(upsample_2x(x),
+  kernel)` (both are the 6-tap composition of the two filters); the 1-pixel border differs,
+  as that form zero-pads the cropped 2H upsampled map instead of filtering the full 2H+1 one.
+  Only ordinary stride-1 convs, forward and backward: nothing lhs-dilated (see above).
+  """
+  if kernel.shape[:2] != (3, 3):
+    raise ValueError(f"The upsampling conv takes 3x3 kernels, got {kernel.shape[:2]}.")
+  batch, height, width, _ = x.shape
+  # The filter's gain (zero insertion keeps a quarter of the pixels) goes on the small kernel.
+  kernel = 4.0 * kernel
+  phases = [[conv2d(x, kernel[a::2, b::2], padding=((1 - a, 1), (1 - b, 1)), groups=groups)
+             for b in (0, 1)] for a in (0, 1)]
+  interleaved = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)
+  full = interleaved.reshape(batch, 2 * height + 2, 2 * width + 2, -1)
+  full = full[:, :2 * height + 1, :2 * width + 1]
+  return _correlate_axis(_correlate_axis(full, 1, 1), 2, 1)
 
 
 class EqualDense(nn.Module):
@@ -157,18 +189,20 @@ def demodulation(kernel: jax.Array, styles: jax.Array, eps: float = 1e-8) -> jax
 
 
 def modulated_conv(x: jax.Array, kernel: jax.Array, styles: jax.Array, *,
-                   demodulate: bool = True, fused: bool = False) -> jax.Array:
+                   demodulate: bool = True, fused: bool = False, up: bool = False) -> jax.Array:
   """Modulated convolution (StyleGAN2 §2.2): per-sample weights w'_{b} = s_b[i] w d_b[o].
 
   x [B,H,W,I], kernel [k,k,I,O] (already scaled for equalized lr), styles [B,I].
   `fused=False` scales the activations instead of the weights (x * s, one shared conv, then
   * d): the cheap form for training. `fused=True` builds the per-sample weights and runs them
   as one grouped convolution with B groups, StyleGAN2's inference form. Both compute the same
-  function (tests/test_stylegan_layers.py).
+  function (tests/test_stylegan.py). `up=True` makes the conv StyleGAN2's upsampling one
+  (`upsample_conv2d`, 3x3 kernels only): the output is 2H x 2W.
   """
+  conv = upsample_conv2d if up else conv2d
   coefficients = demodulation(kernel, styles) if demodulate else None
   if not fused:
-    y = conv2d(x * styles[:, None, None, :], kernel)
+    y = conv(x * styles[:, None, None, :], kernel)
     return y if coefficients is None else y * coefficients[:, None, None, :]
   batch, height, width, channels = x.shape
   weights = kernel[None] * styles[:, None, None, :, None]  # [B, k, k, I, O]
@@ -178,5 +212,5 @@ def modulated_conv(x: jax.Array, kernel: jax.Array, styles: jax.Array, *,
   # Groups are sample-major on both sides: input channel b*I + i, output channel b*O + o.
   grouped = jnp.transpose(weights, (1, 2, 3, 0, 4)).reshape(k, k, channels, batch * out)
   stacked = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, height, width, batch * channels)
-  y = conv2d(stacked, grouped, groups=batch)
-  return jnp.transpose(y.reshape(height, width, batch, out), (2, 0, 1, 3))
+  y = conv(stacked, grouped, groups=batch)
+  return jnp.transpose(y.reshape(*y.shape[1:3], batch, out), (2, 0, 1, 3))
