@@ -64,6 +64,11 @@ def downsample_2x(x: jax.Array) -> jax.Array:
   return _correlate_axis(_correlate_axis(x, 1, 1, 2), 2, 1, 2)
 
 
+def blur_for_upsampled(x: jax.Array) -> jax.Array:
+  """The FIR filter (gain 4, pads (1, 1)) after a stride-2 transposed 3x3 conv: 2H+1 -> 2H."""
+  return 4.0 * _correlate_axis(_correlate_axis(x, 1, 1), 2, 1)
+
+
 def blur_for_strided_conv(x: jax.Array) -> jax.Array:
   """The FIR low-pass before a 3x3 stride-2 VALID conv: H -> H + 1, so the conv gives H/2."""
   return _correlate_axis(_correlate_axis(x, 1, 2), 2, 2)
@@ -84,44 +89,48 @@ def normal_init(stddev: float = 1.0):
   return lambda key, shape, dtype=jnp.float32: stddev * standard_normal(key, shape, dtype)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
-           padding: int | tuple[tuple[int, int], tuple[int, int]] | None = None,
+def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int | None = None,
            groups: int = 1) -> jax.Array:
-  """Cross-correlation with an HWIO kernel; padding (one int for all four sides, or per-axis
-  (low, high) pairs) defaults to 'same' for odd kernels."""
+  """Cross-correlation with an HWIO kernel; padding defaults to 'same' for odd kernels."""
   pad = kernel.shape[0] // 2 if padding is None else padding
-  pads = ((pad, pad), (pad, pad)) if isinstance(pad, int) else pad
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pads,
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
                                       dimension_numbers=_DIMENSIONS, feature_group_count=groups)
 
 
-def upsample_conv2d(x: jax.Array, kernel: jax.Array, *, groups: int = 1) -> jax.Array:
-  """StyleGAN2's upsampling conv: 3x3 transposed conv with stride 2, then the FIR filter with
-  gain 4 and pads (1, 1), [B,H,W,I] -> [B,2H,2W,O], the conv's work done at the INPUT resolution.
+def upsample_conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """StyleGAN2's upsampling conv, [B,H,W,I] -> [B,2H,2W,O]: the stride-2 transposed conv of the
+  flipped 3x3 kernel, (2H+1) x (2W+1), then the FIR filter with gain 4 and pads (1, 1).
 
-  The transposed conv (StyleGAN2 flips the kernel for it) is the 'full' cross-correlation of
-  the zero-inserted input with `kernel`, size 2H+1. Output row 2p+a only meets the kernel rows
-  of parity a: rows 0 and 2 on input rows p-1, p (a = 0) and row 1 on input row p (a = 1);
-  likewise for columns. So it is four small convs at input resolution (2x2, 2x1, 1x2 and 1x1
-  taps: 9 multiply-adds per input pixel, against 36 per input pixel for a 3x3 conv after
-  upsampling) interleaved depth-to-space; each is padded to (H+1) x (W+1), the odd phases' last
-  row/column reading only zero padding, so the interleaved map is the 2H+1 result plus one
-  zero row and column, cropped. Away from the border this equals `conv2d(upsample_2x(x),
-  kernel)` (both are the 6-tap composition of the two filters); the 1-pixel border differs,
-  as that form zero-pads the cropped 2H upsampled map instead of filtering the full 2H+1 one.
-  Only ordinary stride-1 convs, forward and backward: nothing lhs-dilated (see above).
+  `kernel` is [3,3,I,O], or [B,3,3,I,O] per sample (the fused modulated conv). The transposed
+  conv is computed where its work is, at the input resolution: one matmul gives every input
+  pixel's 9 taps (9 multiply-adds per input pixel and channel pair, against 36 for a 3x3 conv
+  after upsampling), then overlap-add. Tap (i, j) of the flipped kernel from pixel (p, q) lands
+  on (2p + i, 2q + j), i.e. on output phase (i % 2, j % 2) at cell (p + i // 2, q + j // 2)
+  of an (H+1) x (W+1) grid; the four phase grids, interleaved depth-to-space and cropped, are
+  the transposed conv. No convolution at all: XLA:CPU runs lhs-dilated convs (a transposed
+  conv) and the weight gradients of even-sized ones (a polyphase split into 2x2, 2x1, 1x2 and
+  1x1 convs) 10-100x slower than a matmul (docs/PERFORMANCE.md, issue #13).
+
+  Away from the border this equals `conv2d(upsample_2x(x), kernel)` (the two filters
+  commute); on the 1-pixel border it does not, as that form zero-pads the upsampled map
+  cropped to 2H instead of filtering the full 2H+1 one.
   """
-  if kernel.shape[:2] != (3, 3):
-    raise ValueError(f"The upsampling conv takes 3x3 kernels, got {kernel.shape[:2]}.")
+  if kernel.shape[-4:-2] != (3, 3):
+    raise ValueError(f"The upsampling conv takes 3x3 kernels, got {kernel.shape}.")
   batch, height, width, _ = x.shape
-  # The filter's gain (zero insertion keeps a quarter of the pixels) goes on the small kernel.
-  kernel = 4.0 * kernel
-  phases = [[conv2d(x, kernel[a::2, b::2], padding=((1 - a, 1), (1 - b, 1)), groups=groups)
-             for b in (0, 1)] for a in (0, 1)]
-  interleaved = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)
-  full = interleaved.reshape(batch, 2 * height + 2, 2 * width + 2, -1)
-  full = full[:, :2 * height + 1, :2 * width + 1]
-  return _correlate_axis(_correlate_axis(full, 1, 1), 2, 1)
+  flipped = jnp.flip(kernel, axis=(-4, -3))
+  taps = jnp.einsum("bhwi,klio->bhwklo" if kernel.ndim == 4 else "bhwi,bklio->bhwklo",
+                    x, flipped)
+
+  def phase(a: int, b: int) -> jax.Array:
+    return sum(jnp.pad(taps[:, :, :, i, j], ((0, 0), (i // 2, 1 - i // 2),
+                                             (j // 2, 1 - j // 2), (0, 0)))
+               for i in range(a, 3, 2) for j in range(b, 3, 2))
+
+  phases = jnp.stack([jnp.stack([phase(a, b) for b in (0, 1)], axis=3) for a in (0, 1)], axis=2)
+  full = phases.reshape(batch, 2 * height + 2, 2 * width + 2, -1)[:, :2 * height + 1,
+                                                                   :2 * width + 1]
+  return blur_for_upsampled(full)
 
 
 class EqualDense(nn.Module):
@@ -199,18 +208,20 @@ def modulated_conv(x: jax.Array, kernel: jax.Array, styles: jax.Array, *,
   function (tests/test_stylegan.py). `up=True` makes the conv StyleGAN2's upsampling one
   (`upsample_conv2d`, 3x3 kernels only): the output is 2H x 2W.
   """
-  conv = upsample_conv2d if up else conv2d
   coefficients = demodulation(kernel, styles) if demodulate else None
   if not fused:
-    y = conv(x * styles[:, None, None, :], kernel)
+    x = x * styles[:, None, None, :]
+    y = upsample_conv2d(x, kernel) if up else conv2d(x, kernel)
     return y if coefficients is None else y * coefficients[:, None, None, :]
   batch, height, width, channels = x.shape
   weights = kernel[None] * styles[:, None, None, :, None]  # [B, k, k, I, O]
   if coefficients is not None:
     weights = weights * coefficients[:, None, None, None, :]
+  if up:  # Per-sample weights are a batched matmul there.
+    return upsample_conv2d(x, weights)
   k, out = kernel.shape[0], kernel.shape[-1]
   # Groups are sample-major on both sides: input channel b*I + i, output channel b*O + o.
   grouped = jnp.transpose(weights, (1, 2, 3, 0, 4)).reshape(k, k, channels, batch * out)
   stacked = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, height, width, batch * channels)
-  y = conv(stacked, grouped, groups=batch)
-  return jnp.transpose(y.reshape(*y.shape[1:3], batch, out), (2, 0, 1, 3))
+  y = conv2d(stacked, grouped, groups=batch)
+  return jnp.transpose(y.reshape(height, width, batch, out), (2, 0, 1, 3))
