@@ -97,6 +97,20 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int | N
                                       dimension_numbers=_DIMENSIONS, feature_group_count=groups)
 
 
+def _overlap_add_axis(taps: jax.Array, axis: int, tap_axis: int) -> jax.Array:
+  """Places tap i (of 3, on `tap_axis`, which is dropped) of input p at 2p + i along `axis`:
+  the stride-2 transposed conv along one axis, H -> 2H + 1."""
+  size = taps.shape[axis]
+  tap = lambda i: jax.lax.index_in_dim(taps, i, tap_axis, keepdims=False)
+  # Output 2p (p = 0..H) gets tap 0 of input p and tap 2 of input p - 1; 2p + 1 gets tap 1 of p.
+  even = _pad_axis(tap(0), axis, 0, 1) + _pad_axis(tap(2), axis, 1, 0)
+  odd = _pad_axis(tap(1), axis, 0, 1)
+  shape = list(even.shape)
+  shape[axis] = 2 * size + 2
+  interleaved = jnp.stack([even, odd], axis=axis + 1).reshape(shape)
+  return jax.lax.slice_in_dim(interleaved, 0, 2 * size + 1, axis=axis)
+
+
 def upsample_conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """StyleGAN2's upsampling conv, [B,H,W,I] -> [B,2H,2W,O]: the stride-2 transposed conv of the
   flipped 3x3 kernel, (2H+1) x (2W+1), then the FIR filter with gain 4 and pads (1, 1).
@@ -104,12 +118,10 @@ def upsample_conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
   `kernel` is [3,3,I,O], or [B,3,3,I,O] per sample (the fused modulated conv). The transposed
   conv is computed where its work is, at the input resolution: one matmul gives every input
   pixel's 9 taps (9 multiply-adds per input pixel and channel pair, against 36 for a 3x3 conv
-  after upsampling), then overlap-add. Tap (i, j) of the flipped kernel from pixel (p, q) lands
-  on (2p + i, 2q + j), i.e. on output phase (i % 2, j % 2) at cell (p + i // 2, q + j // 2)
-  of an (H+1) x (W+1) grid; the four phase grids, interleaved depth-to-space and cropped, are
-  the transposed conv. No convolution at all: XLA:CPU runs lhs-dilated convs (a transposed
-  conv) and the weight gradients of even-sized ones (a polyphase split into 2x2, 2x1, 1x2 and
-  1x1 convs) 10-100x slower than a matmul (docs/PERFORMANCE.md, issue #13).
+  after upsampling); tap (i, j) of the flipped kernel from pixel (p, q) then lands on
+  (2p + i, 2q + j), an overlap-add done one axis at a time. No convolution: XLA:CPU runs the
+  kernel gradient of a transposed (lhs-dilated) conv, and of the even-sized convs of a
+  polyphase split, 10-20x slower than this matmul's (DESIGN M5).
 
   Away from the border this equals `conv2d(upsample_2x(x), kernel)` (the two filters
   commute); on the 1-pixel border it does not, as that form zero-pads the upsampled map
@@ -117,20 +129,11 @@ def upsample_conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """
   if kernel.shape[-4:-2] != (3, 3):
     raise ValueError(f"The upsampling conv takes 3x3 kernels, got {kernel.shape}.")
-  batch, height, width, _ = x.shape
   flipped = jnp.flip(kernel, axis=(-4, -3))
   taps = jnp.einsum("bhwi,klio->bhwklo" if kernel.ndim == 4 else "bhwi,bklio->bhwklo",
                     x, flipped)
-
-  def phase(a: int, b: int) -> jax.Array:
-    return sum(jnp.pad(taps[:, :, :, i, j], ((0, 0), (i // 2, 1 - i // 2),
-                                             (j // 2, 1 - j // 2), (0, 0)))
-               for i in range(a, 3, 2) for j in range(b, 3, 2))
-
-  phases = jnp.stack([jnp.stack([phase(a, b) for b in (0, 1)], axis=3) for a in (0, 1)], axis=2)
-  full = phases.reshape(batch, 2 * height + 2, 2 * width + 2, -1)[:, :2 * height + 1,
-                                                                   :2 * width + 1]
-  return blur_for_upsampled(full)
+  rows = _overlap_add_axis(taps, 1, 3)  # [B, 2H+1, W, 3, O]
+  return blur_for_upsampled(_overlap_add_axis(rows, 2, 3))
 
 
 class EqualDense(nn.Module):
