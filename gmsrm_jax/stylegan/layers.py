@@ -207,9 +207,9 @@ def modulated_conv(x: jax.Array, kernel: jax.Array, styles: jax.Array, *,
   x [B,H,W,I], kernel [k,k,I,O] (already scaled for equalized lr), styles [B,I].
   `fused=False` scales the activations instead of the weights (x * s, one shared conv, then
   * d): the cheap form for training. `fused=True` builds the per-sample weights and runs them
-  as one grouped convolution with B groups, StyleGAN2's inference form. Both compute the same
-  function (tests/test_stylegan.py). `up=True` makes the conv StyleGAN2's upsampling one
-  (`upsample_conv2d`, 3x3 kernels only): the output is 2H x 2W.
+  as one grouped convolution with B groups (a batched matmul with `up`), StyleGAN2's inference
+  form. Both compute the same function (tests/test_stylegan.py). `up=True` makes the conv
+  StyleGAN2's upsampling one (`upsample_conv2d`, 3x3 kernels only): the output is 2H x 2W.
   """
   coefficients = demodulation(kernel, styles) if demodulate else None
   if not fused:

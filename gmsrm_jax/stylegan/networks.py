@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gmsrm_jax import config_checks
 from gmsrm_jax.stylegan import layers
 
 # Noise per block: one [B, r, r, 1] (or [B, r, r, C]) tensor per synthesis layer of the block.
@@ -29,8 +30,8 @@ UPSAMPLE_FORMS = ("transposed", "fir_then_conv")
 
 def upsample_form(model: ml_collections.ConfigDict) -> str:
   """`model.upsample`; architectures saved before the field existed lack it and were made with
-  "fir_then_conv" (config_checks.ADDED_FIELDS)."""
-  return model.get("upsample", "fir_then_conv")
+  the form config_checks.ADDED_FIELDS names ("fir_then_conv")."""
+  return model.get("upsample", config_checks.ADDED_FIELDS["model.upsample"])
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
@@ -203,9 +204,9 @@ class MemoryBlock(nn.Module):
     if noise is not None and len(noise) != len(convs):
       raise ValueError(f"Block at {self.resolution}^2 has {len(convs)} noise inputs, got "
                        f"{len(noise)}.")
-    fused_before = 1 if up_conv else 0  # The first conv whose input is at `resolution`.
+    fusion_before = 1 if up_conv else 0  # The first conv whose input is at `resolution`.
     for j, conv in enumerate(convs):
-      if j == fused_before and encoder_features is not None:
+      if j == fusion_before and encoder_features is not None:
         x = EncoderFusion(name="encoder_fusion")(x, encoder_features)
       x = conv(x, latent, None if noise is None else noise[j], fused=fused)
     skip = ToRGB(name="to_rgb")(x, latent, fused=fused)
