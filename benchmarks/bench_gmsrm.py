@@ -2,11 +2,14 @@
 
   python benchmarks/bench_gmsrm.py                       # FLOPs at 256², step time at demo size
   python benchmarks/bench_gmsrm.py --time_variants=tiny,demo --rows=gm_srm
+  python benchmarks/bench_gmsrm.py --upsample=transposed,fir_then_conv --time_variants=
+      # both forms of the memory's upsampling conv (model.memory.architecture.upsample)
 
 FLOPs come from XLA's cost analysis of the lowered (unoptimised) programs, so no 256² compile
 is needed: "inference" is the completion evaluation and export run (`step.predict`), "train"
 the whole step (G forward + backward through the frozen memory, D twice, Adam, EMA), both
-divided by the batch. Step times compile and run the train step (bench_train_step.py).
+divided by the batch; --compiled adds the compiled train step's count (minutes at 256² on a
+CPU). Step times compile and run the train step (bench_train_step.py).
 """
 
 import functools
@@ -30,6 +33,17 @@ _FLOP_VARIANT = flags.DEFINE_string("flop_variant", "places2",
                                     "configs/gmsrm.py variant for the FLOP count (256²).")
 _TIME_VARIANTS = flags.DEFINE_list("time_variants", ["tiny", "demo"],
                                    "configs/gmsrm.py variants whose step time is measured.")
+_COMPILED = flags.DEFINE_bool("compiled", False, "Also compile the 256² train step and report "
+                               "the optimised program's FLOPs.")
+_UPSAMPLE = flags.DEFINE_list("upsample", [""], "The memory's upsampling forms to measure, "
+                              "each in turn ('': the config's).")
+
+
+def _config(arg: str, upsample: str):
+  config = gmsrm_config.get_config(arg)
+  if upsample and "memory" in config.model:
+    config.model.memory.architecture.upsample = upsample
+  return config
 
 
 def _inputs(config, batch_size):
@@ -58,27 +72,35 @@ def flops_per_image(config) -> dict[str, float]:
   trainable = sum(x.size for x in jax.tree.leaves(state.g_params))
   frozen = sum(x.size for x in jax.tree.leaves(state.frozen))
   return {"inference": per_image(predict), "train": per_image(train),
+          "train_compiled": per_image(train.compile()) if _COMPILED.value else float("nan"),
           "trainable_m": trainable / 1e6, "frozen_m": frozen / 1e6}
 
 
 def main(argv):
   del argv
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}")
-  print(f"\nFLOPs per image, configs/gmsrm.py:{_FLOP_VARIANT.value},<row> "
-        "(XLA cost analysis, unoptimised HLO)")
-  print(f"{'row':>11} {'G params M':>11} {'frozen M':>9} {'inference GFLOP':>16} "
-        f"{'train step GFLOP':>17}")
-  for row in _ROWS.value:
-    r = flops_per_image(gmsrm_config.get_config(f"{_FLOP_VARIANT.value},{row}"))
-    print(f"{row:>11} {r['trainable_m']:>11.2f} {r['frozen_m']:>9.2f} {r['inference']:>16.1f} "
-          f"{r['train']:>17.1f}")
+  for upsample in _UPSAMPLE.value:
+    print(f"\nFLOPs per image, configs/gmsrm.py:{_FLOP_VARIANT.value},<row> "
+          f"(XLA cost analysis, unoptimised HLO), upsample {upsample or 'as configured'}")
+    print(f"{'row':>11} {'G params M':>11} {'frozen M':>9} {'inference GFLOP':>16} "
+          f"{'train step GFLOP':>17} {'compiled':>9}")
+    for row in _ROWS.value:
+      r = flops_per_image(_config(f"{_FLOP_VARIANT.value},{row}", upsample))
+      print(f"{row:>11} {r['trainable_m']:>11.2f} {r['frozen_m']:>9.2f} "
+            f"{r['inference']:>16.1f} {r['train']:>17.1f} {r['train_compiled']:>9.1f}")
+  if not _TIME_VARIANTS.value:
+    return
   print("\nTrain step on this machine (random data, memory with random weights)")
-  print(f"{'config':>18} {'image':>6} {'batch':>6} {'compile s':>10} {'step s':>8} {'img/s':>8}")
+  print(f"{'config':>18} {'upsample':>13} {'image':>6} {'batch':>6} {'compile s':>10} "
+        f"{'step s':>8} {'img/s':>8}")
   for variant in _TIME_VARIANTS.value:
     for row in _ROWS.value:
-      r = bench_train_step.bench_config(gmsrm_config.get_config(f"{variant},{row}"))
-      print(f"{variant + ',' + row:>18} {r['image']:>6} {r['batch']:>6} {r['compile_s']:>10.2f} "
-            f"{r['step_s']:>8.3f} {r['img_per_s']:>8.1f}")
+      for upsample in _UPSAMPLE.value:
+        config = _config(f"{variant},{row}", upsample)
+        r = bench_train_step.bench_config(config)
+        form = config.model.memory.architecture.upsample if "memory" in config.model else "-"
+        print(f"{variant + ',' + row:>18} {form:>13} {r['image']:>6} {r['batch']:>6} "
+              f"{r['compile_s']:>10.2f} {r['step_s']:>8.3f} {r['img_per_s']:>8.1f}")
 
 
 if __name__ == "__main__":

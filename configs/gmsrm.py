@@ -11,7 +11,8 @@ Stage 2 alone, given a stage-1 export (docs/TRAINING.md has every dataset's comm
 Each config names the stage-1 config whose memory it needs (`model.memory.stage1_config`;
 its architecture is copied into `model.memory.architecture` and checked against the export)
 and where that export is (`model.memory.path`). A missing export fails at once with the
-commands that make it.
+commands that make it. An export made before issue #13 has the memory's old upsampling form:
+load it with --config.model.memory.architecture.upsample=fir_then_conv (DESIGN M5).
 
 The argument is "<variant>[,<ablation>]".
 Variants:

@@ -43,6 +43,10 @@ def stage1_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   config.model.start_resolution = 4  # The learned constant's size.
   config.model.channel_base = 16384  # channels(r) = min(channel_base // r, channel_max)
   config.model.channel_max = 512
+  # StyleGAN2's upsampling conv, at the input resolution; "fir_then_conv" is the form before
+  # issue #13 (3x3 conv after FIR upsampling, ~2x the FLOPs; DESIGN M5), which exports and
+  # checkpoints made without this field were trained with.
+  config.model.upsample = "transposed"
 
   config.disc = ml_collections.ConfigDict()
   config.disc.channel_base = 16384

@@ -50,6 +50,8 @@ _FINITE = (_is_number, "a finite number")
 _NON_NEGATIVE = ((lambda v: _is_number(v) and v >= 0), "a finite number >= 0")
 _PROBABILITY = ((lambda v: _is_number(v) and 0 <= v <= 1), "a number in [0, 1]")
 _ADAM_BETA = ((lambda v: _is_number(v) and 0 <= v < 1), "a number in [0, 1)")
+# The memory's upsampling conv (stylegan.networks.UPSAMPLE_FORMS; DESIGN M5).
+_UPSAMPLE = ((lambda v: v in ("transposed", "fir_then_conv")), '"transposed" or "fir_then_conv"')
 _RATIO_RANGE = ((lambda v: isinstance(v, (tuple, list)) and len(v) == 2
                  and all(_is_number(x) for x in v) and 0 <= v[0] < v[1] <= 1),
                 "a pair (lo, hi) with 0 <= lo < hi <= 1")
@@ -84,6 +86,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.fill_biharmonic_iterations": _NON_NEGATIVE_INT,
     "model.hole_fill": ((lambda v: v in ("zero", "pyramid")), '"zero" or "pyramid"'),
     "masks.ratio_sampling": ((lambda v: v in ("natural", "overlay")), '"natural" or "overlay"'),
+    "model.upsample": _UPSAMPLE,
+    "model.memory.architecture.upsample": _UPSAMPLE,
     "optim.learning_rate": _NON_NEGATIVE,
     "optim.d_learning_rate": _NON_NEGATIVE,
     "optim.schedule": ((lambda v: v in ("constant", "cosine")), '"constant" or "cosine"'),
@@ -127,6 +131,8 @@ ADDED_FIELDS = {
     "train.compute_dtype": "float32",
     "train.compilation_cache_dir": "",
     "train.device_to_host_guard": "allow",
+    "model.upsample": "fir_then_conv",  # The generative memory's (stage 1) ...
+    "model.memory.architecture.upsample": "fir_then_conv",  # ... and as stage 2 records it.
 }
 
 

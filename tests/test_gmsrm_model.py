@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import gmsrm as gmsrm_config
+from gmsrm_jax import config_checks
 from gmsrm_jax import losses
 from gmsrm_jax import models
 from gmsrm_jax import objectives
@@ -179,6 +180,20 @@ def test_frozen_split_keeps_only_the_adapters_of_the_memory_trainable():
   assert not any("generative_memory" in p and "encoder_fusion" not in p for p in flat_trainable)
   merged = models.merge_frozen(trainable, frozen)
   assert jax.tree.structure(merged) == jax.tree.structure(params)
+
+
+def test_the_memory_is_built_in_the_upsampling_form_of_its_stage1_config():
+  for variant in ("tiny", "places2"):
+    config = gmsrm_config.get_config(variant)
+    stage1 = gmsrm_config.stage1_config(config.model.memory.stage1_config)
+    assert config.model.memory.architecture.upsample == stage1.model.upsample == "transposed"
+    assert gmsrm.create(config.model).generative_memory.upsample == "transposed"
+  # A stage-2 config saved before the field existed: its memory was built the old way.
+  del config.model.memory.architecture.upsample
+  assert gmsrm.create(config.model).generative_memory.upsample == "fir_then_conv"
+  config.model.memory.architecture.upsample = "bilinear"
+  with pytest.raises(config_checks.ConfigError, match="memory.architecture.upsample"):
+    config_checks.validate(config)
 
 
 def test_eq14_weights_every_term_with_converted_vgg19(tmp_path):

@@ -54,6 +54,54 @@ def test_modulated_conv_equals_per_sample_convolution(demodulate, fused):
                              rtol=2e-5, atol=2e-5)
 
 
+def _stylegan2_upsampling_reference(x, kernel, styles):
+  """StyleGAN2's modulated upsampling conv, each sample alone in float64: modulated and
+  demodulated weights; its stride-2 transposed conv (of the flipped kernel), i.e. zero
+  insertion then the 'full' 3x3 cross-correlation, (2H+1) x (2W+1); then upfirdn2d's
+  [1, 3, 3, 1] filter with gain 4 and pads (1, 1)."""
+  x = np.asarray(x, np.float64)
+  batch, height, width, channels = x.shape
+  taps = np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64.0 * 4.0
+  outputs = []
+  for b in range(batch):
+    weights = np.asarray(kernel, np.float64) * np.asarray(styles[b], np.float64)[None, None, :,
+                                                                                 None]
+    weights = weights / np.sqrt(np.sum(weights**2, axis=(0, 1, 2)) + 1e-8)
+    inserted = np.zeros((2 * height - 1, 2 * width - 1, channels))
+    inserted[::2, ::2] = x[b]
+    padded = np.pad(inserted, ((2, 2), (2, 2), (0, 0)))
+    full = sum(padded[i:i + 2 * height + 1, j:j + 2 * width + 1] @ weights[i, j]
+               for i in range(3) for j in range(3))
+    full = np.pad(full, ((1, 1), (1, 1), (0, 0)))
+    outputs.append(sum(taps[i, j] * full[i:i + 2 * height, j:j + 2 * width]
+                       for i in range(4) for j in range(4)))
+  return np.stack(outputs)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_upsampling_modulated_conv_is_stylegan2s_transposed_conv_and_filter(fused):
+  rng = np.random.default_rng(30)
+  x = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)  # H != W: a swapped axis would show.
+  kernel = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
+  styles = (rng.normal(size=(2, 3)) * 2.0 + 1.0).astype(np.float32)
+
+  @jax.jit
+  def both_forms(x, kernel, styles):
+    up = layers.modulated_conv(x, kernel, styles, fused=fused, up=True)
+    # The form before issue #13: FIR upsampling, then the conv at the output resolution.
+    after_fir = layers.modulated_conv(layers.upsample_2x(x), kernel, styles, fused=fused)
+    return up, after_fir
+
+  up, after_fir = both_forms(x, kernel, styles)
+  assert up.shape == (2, 10, 12, 4)
+  np.testing.assert_allclose(up, _stylegan2_upsampling_reference(x, kernel, styles),
+                             rtol=1e-5, atol=1e-5)
+  # The filters commute away from the border; on it the old form zero-pads the cropped map.
+  np.testing.assert_allclose(up[:, 1:-1, 1:-1], after_fir[:, 1:-1, 1:-1], rtol=1e-5, atol=1e-5)
+  for border in (up[:, 0] - after_fir[:, 0], up[:, :, -1] - after_fir[:, :, -1]):
+    assert np.min(np.max(np.abs(border), axis=(1, 2))) > 1e-2
+
+
 def test_demodulated_outputs_have_unit_variance_for_unit_variance_inputs():
   kx, kk, ks = jax.random.split(jax.random.key(1), 3)
   x = jax.random.normal(kx, (4, 48, 48, 32))
@@ -215,20 +263,45 @@ def test_memory_blocks_with_external_latents_noise_and_encoder_features(generato
   frozen, adapters = stylegan.split_adapters(with_adapter)
   assert jax.tree.structure(frozen) == jax.tree.structure(params["synthesis"])
   assert list(adapters) == ["b8"]
-  # The adapter's own initial values (upsampled F_{i-1} at 8x8 has the 4x4 block's width).
+  # The adapter's own initial values (it fuses after the upsampling conv: the 8x8 block's width).
   adapters = {"b8": {"encoder_fusion": networks.EncoderFusion().init(
       jax.random.key(17), jnp.zeros((2, 8, 8, 16)), encoder[8])["params"]}}
   merged = stylegan.merge_adapters(params["synthesis"], adapters)
   adapted, _, block_rgb, block_x = run(merged, noise, encoder, True)
-  np.testing.assert_allclose(adapted, image, rtol=1e-5, atol=1e-6)
+  # Exactly equal op by op; jitted, the two programs fuse differently: float32 rounding on
+  # outputs of magnitude ~20.
+  np.testing.assert_allclose(adapted, image, rtol=1e-5, atol=1e-5)
   # Block by block (stage 2's progressive reasoning) computes the same thing.
-  np.testing.assert_allclose(block_rgb, image, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(block_x, features[16], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(block_rgb, image, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(block_x, features[16], rtol=1e-5, atol=1e-5)
   trained = stylegan.merge_adapters(params["synthesis"],
                                     jax.tree.map(lambda a: a + 0.1, adapters))
   _, changed_features, _, _ = run(trained, noise, encoder, True)
   np.testing.assert_array_equal(changed_features[4], features[4])  # Below the fused level.
   assert not np.allclose(changed_features[8], features[8])
+
+
+def test_memory_block_upsampling_forms_share_weights_and_agree_away_from_the_border():
+  """Old exports ("fir_then_conv") load into either form; the forms differ only within 2 px
+  of the border (the upsampling conv's 1 px, widened by the block's second 3x3 conv)."""
+  rng = np.random.default_rng(31)
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  previous, rgb, latent = normal(2, 4, 4, 6), normal(2, 4, 4, 3), normal(2, 8)
+  noise = [normal(2, 8, 8, 1), normal(2, 8, 8, 1)]
+  blocks = {form: networks.MemoryBlock(5, 8, is_first=False, upsample=form)
+            for form in networks.UPSAMPLE_FORMS}
+  shapes = {form: jax.eval_shape(block.init, jax.random.key(0), previous, rgb, latent, noise)
+            for form, block in blocks.items()}
+  assert shapes["transposed"] == shapes["fir_then_conv"]
+  params = _random_params(blocks["transposed"], previous, rgb, latent, noise)
+  outputs = jax.jit(lambda params: {form: block.apply({"params": params}, previous, rgb,
+                                                      latent, noise)
+                                    for form, block in blocks.items()})(params)
+  (x, skip), (old_x, old_skip) = outputs["transposed"], outputs["fir_then_conv"]
+  assert x.shape == old_x.shape == (2, 8, 8, 5) and skip.shape == (2, 8, 8, 3)
+  for new, old in ((x, old_x), (skip, old_skip)):
+    np.testing.assert_allclose(new[:, 2:-2, 2:-2], old[:, 2:-2, 2:-2], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(new[:, :2], old[:, :2], atol=1e-3)
 
 
 def test_export_load_round_trip_and_mismatches(generator_and_params, tmp_path):
@@ -243,6 +316,17 @@ def test_export_load_round_trip_and_mismatches(generator_and_params, tmp_path):
   for a, b in zip(jax.tree.leaves(memory.params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
   assert stylegan.load_memory(path).model_config.channel_max == 16  # Stored architecture.
+
+  # TINY_MODEL has no `upsample`, like exports made before the field: they were made with
+  # FIR upsampling then the conv, are built so when loaded as stored, and are refused as
+  # another architecture under the new form (same array shapes, other numbers).
+  assert stylegan.load_memory(path).synthesis_network().upsample == "fir_then_conv"
+  old_form = ml_collections.ConfigDict({**TINY_MODEL, "upsample": "fir_then_conv"})
+  assert stylegan.load_memory(path, old_form).synthesis_network().upsample == "fir_then_conv"
+  with pytest.raises(stylegan.MemoryMismatchError, match=r"model\.upsample: exported "
+                     r"'fir_then_conv', requested 'transposed'"):
+    stylegan.load_memory(path, ml_collections.ConfigDict({**TINY_MODEL,
+                                                          "upsample": "transposed"}))
 
   wider = ml_collections.ConfigDict({**TINY_MODEL, "channel_max": 32})
   with pytest.raises(stylegan.MemoryMismatchError, match=r"model\.channel_max: exported 16, "

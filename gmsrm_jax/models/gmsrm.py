@@ -57,10 +57,12 @@ class GenerativeMemory(nn.Module):
   channel_base: int
   channel_max: int
   w_dim: int
+  upsample: str = "transposed"  # networks.UPSAMPLE_FORMS
 
   def setup(self):
     self.synthesis = networks.SynthesisNetwork(self.resolution, self.start_resolution,
-                                               self.channel_base, self.channel_max)
+                                               self.channel_base, self.channel_max,
+                                               self.upsample)
     self.w_avg = self.param("w_avg", nn.initializers.zeros, (self.w_dim,))
 
   @property
@@ -224,7 +226,7 @@ def create(model_config: ml_collections.ConfigDict) -> GMSRMNet:
       generative_memory=GenerativeMemory(
           resolution=architecture.resolution, start_resolution=architecture.start_resolution,
           channel_base=architecture.channel_base, channel_max=architecture.channel_max,
-          w_dim=architecture.w_dim),
+          w_dim=architecture.w_dim, upsample=networks.upsample_form(architecture)),
       conditional_noise=gmsrm.conditional_noise, progressive=gmsrm.progressive,
       head_channels=gmsrm.head_channels, kl_layer_weights=tuple(gmsrm.kl_layer_weights),
       output_skip=model_config.get("output_skip", True),

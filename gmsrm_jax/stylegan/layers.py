@@ -66,6 +66,11 @@ def downsample_2x(x: jax.Array) -> jax.Array:
   return _correlate_axis(_correlate_axis(x, 1, 1, 2), 2, 1, 2)
 
 
+def blur_for_upsampled(x: jax.Array) -> jax.Array:
+  """The FIR filter (gain 4, pads (1, 1)) after a stride-2 transposed 3x3 conv: 2H+1 -> 2H."""
+  return 4.0 * _correlate_axis(_correlate_axis(x, 1, 1), 2, 1)
+
+
 def blur_for_strided_conv(x: jax.Array) -> jax.Array:
   """The FIR low-pass before a 3x3 stride-2 VALID conv: H -> H + 1, so the conv gives H/2."""
   return _correlate_axis(_correlate_axis(x, 1, 2), 2, 2)
@@ -92,6 +97,45 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int | N
   pad = kernel.shape[0] // 2 if padding is None else padding
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
                                       dimension_numbers=_DIMENSIONS, feature_group_count=groups)
+
+
+def _overlap_add_axis(taps: jax.Array, axis: int, tap_axis: int) -> jax.Array:
+  """Places tap i (of 3, on `tap_axis`, which is dropped) of input p at 2p + i along `axis`:
+  the stride-2 transposed conv along one axis, H -> 2H + 1."""
+  size = taps.shape[axis]
+  tap = lambda i: jax.lax.index_in_dim(taps, i, tap_axis, keepdims=False)
+  # Output 2p (p = 0..H) gets tap 0 of input p and tap 2 of input p - 1; 2p + 1 gets tap 1 of p.
+  even = _pad_axis(tap(0), axis, 0, 1) + _pad_axis(tap(2), axis, 1, 0)
+  odd = _pad_axis(tap(1), axis, 0, 1)
+  shape = list(even.shape)
+  shape[axis] = 2 * size + 2
+  interleaved = jnp.stack([even, odd], axis=axis + 1).reshape(shape)
+  return jax.lax.slice_in_dim(interleaved, 0, 2 * size + 1, axis=axis)
+
+
+def upsample_conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """StyleGAN2's upsampling conv, [B,H,W,I] -> [B,2H,2W,O]: the stride-2 transposed conv of the
+  flipped 3x3 kernel, (2H+1) x (2W+1), then the FIR filter with gain 4 and pads (1, 1).
+
+  `kernel` is [3,3,I,O], or [B,3,3,I,O] per sample (the fused modulated conv). The transposed
+  conv is computed where its work is, at the input resolution: one matmul gives every input
+  pixel's 9 taps (9 multiply-adds per input pixel and channel pair, against 36 for a 3x3 conv
+  after upsampling); tap (i, j) of the flipped kernel from pixel (p, q) then lands on
+  (2p + i, 2q + j), an overlap-add done one axis at a time. No convolution: XLA:CPU runs the
+  kernel gradient of a transposed (lhs-dilated) conv, and of the even-sized convs of a
+  polyphase split, 10-20x slower than this matmul's (DESIGN M5).
+
+  Away from the border this equals `conv2d(upsample_2x(x), kernel)` (the two filters
+  commute); on the 1-pixel border it does not, as that form zero-pads the upsampled map
+  cropped to 2H instead of filtering the full 2H+1 one.
+  """
+  if kernel.shape[-4:-2] != (3, 3):
+    raise ValueError(f"The upsampling conv takes 3x3 kernels, got {kernel.shape}.")
+  flipped = jnp.flip(kernel, axis=(-4, -3))
+  taps = jnp.einsum("bhwi,klio->bhwklo" if kernel.ndim == 4 else "bhwi,bklio->bhwklo",
+                    x, flipped)
+  rows = _overlap_add_axis(taps, 1, 3)  # [B, 2H+1, W, 3, O]
+  return blur_for_upsampled(_overlap_add_axis(rows, 2, 3))
 
 
 class EqualDense(nn.Module):
@@ -163,23 +207,27 @@ def demodulation(kernel: jax.Array, styles: jax.Array, eps: float = 1e-8) -> jax
 
 
 def modulated_conv(x: jax.Array, kernel: jax.Array, styles: jax.Array, *,
-                   demodulate: bool = True, fused: bool = False) -> jax.Array:
+                   demodulate: bool = True, fused: bool = False, up: bool = False) -> jax.Array:
   """Modulated convolution (StyleGAN2 §2.2): per-sample weights w'_{b} = s_b[i] w d_b[o].
 
   x [B,H,W,I], kernel [k,k,I,O] (already scaled for equalized lr), styles [B,I].
   `fused=False` scales the activations instead of the weights (x * s, one shared conv, then
   * d): the cheap form for training. `fused=True` builds the per-sample weights and runs them
-  as one grouped convolution with B groups, StyleGAN2's inference form. Both compute the same
-  function (tests/test_stylegan_layers.py).
+  as one grouped convolution with B groups (a batched matmul with `up`), StyleGAN2's inference
+  form. Both compute the same function (tests/test_stylegan.py). `up=True` makes the conv
+  StyleGAN2's upsampling one (`upsample_conv2d`, 3x3 kernels only): the output is 2H x 2W.
   """
   coefficients = demodulation(kernel, styles) if demodulate else None
   if not fused:
-    y = conv2d(x * styles[:, None, None, :], kernel)
+    x = x * styles[:, None, None, :]
+    y = upsample_conv2d(x, kernel) if up else conv2d(x, kernel)
     return y if coefficients is None else y * coefficients[:, None, None, :]
   batch, height, width, channels = x.shape
   weights = kernel[None] * styles[:, None, None, :, None]  # [B, k, k, I, O]
   if coefficients is not None:
     weights = weights * coefficients[:, None, None, None, :]
+  if up:  # Per-sample weights are a batched matmul there.
+    return upsample_conv2d(x, weights)
   k, out = kernel.shape[0], kernel.shape[-1]
   # Groups are sample-major on both sides: input channel b*I + i, output channel b*O + o.
   grouped = jnp.transpose(weights, (1, 2, 3, 0, 4)).reshape(k, k, channels, batch * out)

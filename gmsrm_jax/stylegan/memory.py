@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
+from gmsrm_jax import config_checks
 from gmsrm_jax import mesh as mesh_lib
 from gmsrm_jax import tree_match
 from gmsrm_jax.stylegan import networks
@@ -49,7 +50,8 @@ class FrozenMemory:
   def synthesis_network(self) -> networks.SynthesisNetwork:
     model = self.model_config
     return networks.SynthesisNetwork(model.resolution, model.start_resolution,
-                                     model.channel_base, model.channel_max)
+                                     model.channel_base, model.channel_max,
+                                     networks.upsample_form(model))
 
 
 def _architecture(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -101,6 +103,10 @@ def read_info(path: str) -> dict[str, Any]:
 
 
 def _check_architecture(stored: dict[str, Any], wanted: dict[str, Any], path: str) -> None:
+  # An export written before a requested field existed was made with the field's old value.
+  added = {name.removeprefix("model."): value
+           for name, value in config_checks.ADDED_FIELDS.items() if name.startswith("model.")}
+  stored = {**{k: v for k, v in added.items() if k in wanted}, **stored}
   problems = []
   for key in sorted(set(stored) | set(wanted)):
     if key not in stored:

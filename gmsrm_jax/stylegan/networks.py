@@ -17,10 +17,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gmsrm_jax import config_checks
 from gmsrm_jax.stylegan import layers
 
 # Noise per block: one [B, r, r, 1] (or [B, r, r, C]) tensor per synthesis layer of the block.
 BlockNoise = Sequence[jax.Array] | None
+# How a block's first conv doubles the resolution (`model.upsample`, DESIGN M5): StyleGAN2's
+# transposed conv + FIR, the conv at the input resolution ("transposed"), or FIR upsampling
+# followed by a 3x3 conv at the output resolution ("fir_then_conv", the form before issue #13).
+UPSAMPLE_FORMS = ("transposed", "fir_then_conv")
+
+
+def upsample_form(model: ml_collections.ConfigDict) -> str:
+  """`model.upsample`; architectures saved before the field existed lack it and were made with
+  the form config_checks.ADDED_FIELDS names ("fir_then_conv")."""
+  return model.get("upsample", config_checks.ADDED_FIELDS["model.upsample"])
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
@@ -91,7 +102,10 @@ class MappingNetwork(nn.Module):
 
 
 class SynthesisLayer(nn.Module):
-  """Modulated 3x3 conv -> + noise * per-channel strength -> + bias -> leaky ReLU."""
+  """Modulated 3x3 conv -> + noise * per-channel strength -> + bias -> leaky ReLU.
+
+  `up=True`: the conv is StyleGAN2's upsampling one (output 2H x 2W, `layers.upsample_conv2d`).
+  """
 
   features: int
   up: bool = False
@@ -99,13 +113,12 @@ class SynthesisLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, latent: jax.Array, noise: jax.Array | None, *,
                fused: bool) -> jax.Array:
-    if self.up:
-      x = layers.upsample_2x(x)
     in_channels = x.shape[-1]
     # Style affine starts at bias 1, so every layer begins unmodulated (s = 1 + small).
     styles = layers.EqualDense(in_channels, bias_init=1.0, name="affine")(latent)
     kernel = self.param("kernel", layers.normal_init(), (3, 3, in_channels, self.features))
-    x = layers.modulated_conv(x, kernel / math.sqrt(9 * in_channels), styles, fused=fused)
+    x = layers.modulated_conv(x, kernel / math.sqrt(9 * in_channels), styles, fused=fused,
+                              up=self.up)
     if noise is None:
       noise = layers.standard_normal(self.make_rng("noise"), (*x.shape[:3], 1), x.dtype)
     strength = self.param("noise_strength", nn.initializers.zeros, (self.features,))
@@ -160,34 +173,41 @@ class EncoderFusion(nn.Module):
 class MemoryBlock(nn.Module):
   """One resolution of the memory: (F_{i-1}, c_i, noise_i, F_E^i) -> (F_M^i, RGB skip).
 
-  The first block starts from a learned constant at `resolution`; later blocks upsample
-  F_{i-1} (FIR, StyleGAN2) to `resolution` first. Encoder features, when given, are fused at
-  `resolution` before the block's convolutions, so the memory's own layers reason over them.
+  The first block starts from a learned constant at `resolution`; later blocks double F_{i-1}'s
+  resolution in their first conv (StyleGAN2's upsampling conv), or with `upsample`
+  "fir_then_conv" FIR-upsample F_{i-1} before it. Encoder features, when given, are fused into
+  the block's first map at `resolution` (after the upsampling conv; before the first conv in
+  the first block and in "fir_then_conv"), so the memory's own layers after it reason over them.
   """
 
   features: int
   resolution: int
   is_first: bool
+  upsample: str = "transposed"  # One of UPSAMPLE_FORMS.
 
   @nn.compact
   def __call__(self, previous: jax.Array | None, rgb: jax.Array | None, latent: jax.Array,
                noise: BlockNoise = None, encoder_features: jax.Array | None = None, *,
                fused: bool = False) -> tuple[jax.Array, jax.Array]:
+    if self.upsample not in UPSAMPLE_FORMS:
+      raise ValueError(f"Unknown upsample form {self.upsample!r}; known: {UPSAMPLE_FORMS}.")
+    up_conv = not self.is_first and self.upsample == "transposed"
     if self.is_first:
       const = self.param("const", layers.normal_init(),
                          (self.resolution, self.resolution, self.features))
       x = jnp.broadcast_to(const, (latent.shape[0], *const.shape)).astype(latent.dtype)
       convs = [SynthesisLayer(self.features, name="conv1")]
     else:
-      x = layers.upsample_2x(previous)
-      convs = [SynthesisLayer(self.features, name="conv0"),
+      x = previous if up_conv else layers.upsample_2x(previous)
+      convs = [SynthesisLayer(self.features, up=up_conv, name="conv0"),
                SynthesisLayer(self.features, name="conv1")]
-    if encoder_features is not None:
-      x = EncoderFusion(name="encoder_fusion")(x, encoder_features)
     if noise is not None and len(noise) != len(convs):
       raise ValueError(f"Block at {self.resolution}^2 has {len(convs)} noise inputs, got "
                        f"{len(noise)}.")
+    fusion_before = 1 if up_conv else 0  # The first conv whose input is at `resolution`.
     for j, conv in enumerate(convs):
+      if j == fusion_before and encoder_features is not None:
+        x = EncoderFusion(name="encoder_fusion")(x, encoder_features)
       x = conv(x, latent, None if noise is None else noise[j], fused=fused)
     skip = ToRGB(name="to_rgb")(x, latent, fused=fused)
     if rgb is not None:
@@ -207,6 +227,7 @@ class SynthesisNetwork(nn.Module):
   start_resolution: int = 4
   channel_base: int = 16384
   channel_max: int = 512
+  upsample: str = "transposed"  # One of UPSAMPLE_FORMS (MemoryBlock).
 
   @property
   def resolutions(self) -> tuple[int, ...]:
@@ -220,7 +241,8 @@ class SynthesisNetwork(nn.Module):
     return channels_at(resolution, self.channel_base, self.channel_max)
 
   def setup(self):
-    self.blocks = [MemoryBlock(self.channels(r), r, is_first=i == 0, name=f"b{r}")
+    self.blocks = [MemoryBlock(self.channels(r), r, is_first=i == 0, upsample=self.upsample,
+                               name=f"b{r}")
                    for i, r in enumerate(self.resolutions)]
 
   def __call__(self, latents: jax.Array, *, noise: Sequence[BlockNoise] | None = None,
@@ -266,11 +288,12 @@ class Generator(nn.Module):
   channel_max: int = 512
   mapping_layers: int = 8
   mapping_lr_mul: float = 0.01
+  upsample: str = "transposed"  # One of UPSAMPLE_FORMS (MemoryBlock).
 
   def setup(self):
     self.mapping = MappingNetwork(self.w_dim, self.mapping_layers, self.mapping_lr_mul)
     self.synthesis = SynthesisNetwork(self.resolution, self.start_resolution,
-                                      self.channel_base, self.channel_max)
+                                      self.channel_base, self.channel_max, self.upsample)
 
   @property
   def num_blocks(self) -> int:
@@ -356,7 +379,7 @@ def create_generator(model: ml_collections.ConfigDict) -> Generator:
   return Generator(z_dim=model.z_dim, w_dim=model.w_dim, resolution=model.resolution,
                    start_resolution=model.start_resolution, channel_base=model.channel_base,
                    channel_max=model.channel_max, mapping_layers=model.mapping_layers,
-                   mapping_lr_mul=model.mapping_lr_mul)
+                   mapping_lr_mul=model.mapping_lr_mul, upsample=upsample_form(model))
 
 
 def create_discriminator(disc: ml_collections.ConfigDict, resolution: int) -> Discriminator:
