@@ -123,7 +123,7 @@ def upsample_conv2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
   after upsampling); tap (i, j) of the flipped kernel from pixel (p, q) then lands on
   (2p + i, 2q + j), an overlap-add done one axis at a time. No convolution: XLA:CPU runs the
   kernel gradient of a transposed (lhs-dilated) conv, and of the even-sized convs of a
-  polyphase split, 10-20x slower than this matmul's (DESIGN M5).
+  polyphase split, 8-35x slower than this matmul's (DESIGN M5).
 
   Away from the border this equals `conv2d(upsample_2x(x), kernel)` (the two filters
   commute); on the 1-pixel border it does not, as that form zero-pads the upsampled map
