@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gmsrm_jax import config_checks
 from gmsrm_jax.models import layers
 
 
@@ -131,12 +132,11 @@ def in_compute_dtype(encoder_input: jax.Array, compute_dtype: Any | None) -> jax
 
 
 def input_and_output_options(model_config) -> dict[str, Any]:
-  """The input fill and output head fields every family takes from `config.model`; read with
-  `get` because configs saved before these fields existed lack them (config_checks.ADDED_FIELDS)."""
-  return {"hole_fill": model_config.get("hole_fill", "zero"),
-          "fill_iterations": model_config.get("fill_iterations", 8),
-          "fill_biharmonic_iterations": model_config.get("fill_biharmonic_iterations", 0),
-          "residual_output": model_config.get("residual_output", False)}
+  """The input fill and output head fields every family takes from `config.model`; configs
+  saved before these fields existed lack them and meant config_checks.ADDED_FIELDS' values."""
+  return {name: model_config.get(name, config_checks.ADDED_FIELDS[f"model.{name}"])
+          for name in ("hole_fill", "fill_iterations", "fill_biharmonic_iterations",
+                       "residual_output")}
 
 
 def output_head(features: jax.Array, prior: jax.Array | None, residual: bool) -> jax.Array:
