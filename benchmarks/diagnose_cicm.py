@@ -130,11 +130,10 @@ def main(argv):
       unit_mem = _unit(memory["features"])  # [L, K, C]
       unit_true = _unit(true_flat)
       to_mem = np.einsum("nc,lkc->nlk", unit_true, unit_mem)
-      logits = np.asarray(cicm_lib._similarity(  # pylint: disable=protected-access
-          own_flat, state_np.features.reshape(-1, channels), options)).reshape(to_mem.shape)
-      logits = logits[np.arange(len(chosen)), chosen]
-      lam = np.exp(logits - logits.max(axis=1, keepdims=True))
-      lam /= lam.sum(axis=1, keepdims=True)
+      # Eq. 4's weights as the model computes them (the config's augment selection).
+      lam = np.asarray(cicm_lib._set_weights(  # pylint: disable=protected-access
+          own_flat, state_np.features, jnp.asarray(chosen), options.augment, options),
+          np.float64)
       lam_entropy = -np.sum(lam * np.log(np.maximum(lam, 1e-30)), axis=1)
       image_of = np.repeat(np.arange(batch_size), rows_ * cols)
       region_cos = unit_true @ unit_true.T
