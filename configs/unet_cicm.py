@@ -64,8 +64,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Eq. 9 with λ1..λ5 = 1.0, 0.1, 1.0, 20, 0.5.
   config.loss.objective = "cicm"
   del config.loss.rec_weight
-  del config.loss.gamma
   config.loss.inpaint_weight = 1.0
+  config.loss.inpaint_form = "l2"  # Eq. 5; "hole_weighted_l1" weighs hole pixels by loss.gamma.
   # The demo keeps short_run_recipe's 0: at its learning rate (2e-3) λ2 = 0.1 cost 6-8 dB at
   # 0-20% holes, with coloured streaks in the fills (docs/CICM_RESULTS.md, issue #12).
   config.loss.adv_weight = 0.0 if variant == "demo" else 0.1

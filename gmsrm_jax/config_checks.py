@@ -58,6 +58,8 @@ _RATIO_RANGE = ((lambda v: isinstance(v, (tuple, list)) and len(v) == 2
 
 TRANSFER_GUARD_LEVELS = ("allow", "log", "disallow", "log_explicit", "disallow_explicit")
 
+INPAINT_FORMS = ("l2", "hole_weighted_l1")  # config.loss.inpaint_form (CICM objective).
+
 # field -> (test, allowed values). Fields a config lacks are not checked.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": _NON_NEGATIVE_INT,
@@ -97,6 +99,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.b2": _ADAM_BETA,
     "loss.r1_interval": _POSITIVE_INT,
     "loss.pl_interval": _POSITIVE_INT,
+    "loss.inpaint_form": ((lambda v: v in INPAINT_FORMS), " or ".join(map(repr, INPAINT_FORMS))),
 }
 # Every float and int under these sections must be finite (loss weights may be negative).
 _FINITE_SECTIONS = ("loss.", "optim.")
@@ -133,6 +136,7 @@ ADDED_FIELDS = {
     "train.device_to_host_guard": "allow",
     "model.upsample": "fir_then_conv",  # The generative memory's (stage 1) ...
     "model.memory.architecture.upsample": "fir_then_conv",  # ... and as stage 2 records it.
+    "loss.inpaint_form": "l2",  # CICM eq. 5.
 }
 
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gmsrm_jax import config_checks
 from gmsrm_jax import losses
 from gmsrm_jax import weights as weights_lib
 
@@ -129,23 +130,31 @@ def relativistic_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Arr
 class CICMObjective:
   """CICM eq. 9: λ1·L_inpaint + λ2·L_adv (eqs. 5-6) + the terms CICM reports.
 
-  L_inpaint is the squared error of the raw prediction, a mean over pixels, channels and batch.
-  The memory's terms (ratio, eq. 7; inter and intra, eq. 8) come from the generator and are
-  weighted by config.loss.<name>_weight; eq. 9 subtracts λ5·L_intra, so intra_weight = -λ5.
+  L_inpaint is eq. 5's squared error of the raw prediction, a mean over pixels, channels and
+  batch (config.loss.inpaint_form = "l2"), or for short runs GM-SRM eq. 10's hole-weighted
+  L1 with weight config.loss.gamma ("hole_weighted_l1", DESIGN Q13). The memory's terms
+  (ratio, eq. 7; inter and intra, eq. 8) come from the generator and are weighted by
+  config.loss.<name>_weight; eq. 9 subtracts λ5·L_intra, so intra_weight = -λ5.
   """
 
-  _OWN = ("inpaint", "adv_g")
+  _OWN = ("inpaint", "adv_g", "rec_known", "rec_hole")
 
   def generator_terms(self, *, image, mask, prediction, real_logits, fake_logits,
                       loss_networks):
-    del mask, loss_networks  # Eq. 5 compares the whole image; CICM has no frozen loss nets.
-    terms = {"inpaint": jnp.mean(jnp.square(prediction - image))}
+    del loss_networks  # CICM has no frozen loss networks.
+    # Both forms are reported (the L1 terms are the base model's curves, for comparison);
+    # generator_total picks the one config.loss.inpaint_form trains on.
+    terms = {"inpaint": jnp.mean(jnp.square(prediction - image)),
+             **losses.reconstruction_losses(prediction, image, mask)}
     if fake_logits is not None:
       terms["adv_g"] = relativistic_generator_loss(real_logits, fake_logits)
     return terms
 
   def generator_total(self, terms, loss_config):
-    total = (loss_config.inpaint_weight * terms["inpaint"]
+    form = loss_config.get("inpaint_form", config_checks.ADDED_FIELDS["loss.inpaint_form"])
+    inpaint = (terms["inpaint"] if form == "l2"
+               else losses.reconstruction_loss(terms, loss_config.gamma))
+    total = (loss_config.inpaint_weight * inpaint
              + weighted_auxiliary(terms, self._OWN, loss_config))
     if "adv_g" in terms:
       total += loss_config.adv_weight * terms["adv_g"]

@@ -244,6 +244,29 @@ def test_cicm_objective_weights_eq_9():
                              rtol=1e-6)
 
 
+def test_hole_weighted_l1_form_replaces_eq_5_and_old_configs_read_as_eq_5():
+  config = _tiny()
+  objective = objectives.get(config.loss)
+  image, mask = _inputs()
+  prediction = 0.5 * image + 0.25
+  terms = objective.generator_terms(image=image, mask=mask, prediction=prediction,
+                                    real_logits=None, fake_logits=None, loss_networks={})
+  error = np.abs(np.asarray(prediction) - np.asarray(image))
+  hole = np.asarray(mask) * np.ones_like(error)
+  hand_l1 = (np.mean(error * (1.0 - hole)) + config.loss.gamma * np.mean(error * hole))
+  hand_l2 = np.mean(np.square(error))
+  assert config.loss.inpaint_form == "l2"
+  np.testing.assert_allclose(objective.generator_total(terms, config.loss), hand_l2,
+                             rtol=1e-6)
+  del config.loss.inpaint_form  # A config saved before the field existed: eq. 5.
+  np.testing.assert_allclose(objective.generator_total(terms, config.loss), hand_l2,
+                             rtol=1e-6)
+  config.loss.inpaint_form = "hole_weighted_l1"
+  np.testing.assert_allclose(objective.generator_total(terms, config.loss), hand_l1,
+                             rtol=1e-6)
+  assert not np.isclose(hand_l1, hand_l2)
+
+
 def test_every_variant_and_ablation_builds_and_traces():
   """Shapes only (jax.eval_shape): the numbers of each code path are tested above."""
   image, mask = _inputs(batch=1)

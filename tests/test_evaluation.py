@@ -209,3 +209,30 @@ def test_classical_baselines_on_the_same_images_and_masks(tiny_data_dir, checkpo
   np.testing.assert_array_equal(truth, preprocess.to_uint8(batches[0]["image"][0]))
   with pytest.raises(ValueError, match="Unknown config.eval.baselines entries \\['opencv'\\]"):
     evaluation.evaluate(_config(tiny_data_dir, baselines=("opencv",)), checkpointed)
+
+
+def test_per_image_scores_average_to_the_table_and_count_exact_fills(tiny_data_dir,
+                                                                      checkpointed):
+  from benchmarks import per_image_quality  # pylint: disable=g-import-not-at-top
+  config = _config(tiny_data_dir, baselines=("biharmonic",))
+  out = evaluation.evaluate(config, checkpointed)
+  scores = per_image_quality.per_image_psnr(config, checkpointed, ["20-30%"])
+  assert list(scores) == ["20-30%"]
+  rows = scores["20-30%"]
+  assert list(rows) == ["model", "biharmonic (scikit-image)"]  # The tiny model has no prior.
+  assert all(len(values) == 6 for values in rows.values())  # Padding rows are not images.
+  np.testing.assert_allclose(np.mean(rows["model"]), out["results"]["20-30%"]["psnr"],
+                             rtol=1e-5)
+  np.testing.assert_allclose(np.mean(rows["biharmonic (scikit-image)"]),
+                             out["baselines"]["biharmonic"]["20-30%"]["psnr"], rtol=1e-5)
+  # One exact fill (here a stand-in 150 dB) is set aside for every method alike.
+  rows["biharmonic (scikit-image)"][0] = 150.0
+  table = per_image_quality.summary(scores, exact_db=60.0)
+  assert table[0] == "20-30% (6 images; 1 completed exactly by some method):"
+  model_row = next(line for line in table if line.startswith("| model |"))
+  cells = [cell.strip() for cell in model_row.split("|")[1:-1]]
+  assert float(cells[4]) == pytest.approx(np.mean(rows["model"][1:]), abs=0.006)
+  wins = np.mean(rows["model"] > rows["biharmonic (scikit-image)"])
+  assert cells[5] == f"{wins:.0%}"
+  with pytest.raises(SystemExit, match="not columns"):
+    per_image_quality.per_image_psnr(config, checkpointed, ["0-20%"])
