@@ -131,8 +131,8 @@ class CICMObjective:
   """CICM eq. 9: λ1·L_inpaint + λ2·L_adv (eqs. 5-6) + the terms CICM reports.
 
   L_inpaint is eq. 5's squared error of the raw prediction, a mean over pixels, channels and
-  batch (config.loss.inpaint_form = "l2"), or for short runs GM-SRM eq. 10's hole-weighted
-  L1 with weight config.loss.gamma ("hole_weighted_l1", DESIGN Q13). The memory's terms
+  batch (config.loss.inpaint_form = "l2"), or GM-SRM eq. 10's hole-weighted L1 with weight
+  config.loss.gamma ("hole_weighted_l1"; measured no different on the demo, DESIGN Q13). The memory's terms
   (ratio, eq. 7; inter and intra, eq. 8) come from the generator and are weighted by
   config.loss.<name>_weight; eq. 9 subtracts λ5·L_intra, so intra_weight = -λ5.
   """
