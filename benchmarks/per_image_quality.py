@@ -26,7 +26,7 @@ from gmsrm_jax import cli  # pylint: disable=g-import-not-at-top
 _SETTINGS = flags.DEFINE_list("settings", [], "Columns of the evaluation table, e.g. 0-20% or "
                               "'center 25%' (default: all of the run's settings).")
 _EXACT_DB = flags.DEFINE_float("exact_db", 60.0, "PSNR above which a completion counts as "
-                               "exact (8-bit levels are 48 dB apart at one level everywhere).")
+                               "exact (an error of one 8-bit level at every pixel is 48 dB).")
 
 
 def per_image_psnr(config, workdir, settings, allow_config_change=()):
@@ -46,6 +46,11 @@ def per_image_psnr(config, workdir, settings, allow_config_change=()):
 
   if jax.process_count() != 1:
     raise SystemExit("per_image_quality.py runs in one process.")
+  columns = [column for column, _ in evaluation.mask_settings(config.eval)]
+  unknown = sorted(set(settings) - set(columns))
+  if unknown:
+    raise SystemExit(f"--settings {unknown} are not columns of this run's evaluation; it has "
+                     f"{columns}.")
   mesh = parallel.make_mesh()
   components, state, _ = loop.restore_run(config, workdir, mesh,
                                           allow_config_change=allow_config_change)
@@ -76,10 +81,6 @@ def per_image_psnr(config, workdir, settings, allow_config_change=()):
         output = complete(batch["image"], batch["mask"])
         rows[name].append(np.asarray(psnr(output, batch["image"]), np.float64)[real])
     scores[column] = {name: np.concatenate(values) for name, values in rows.items()}
-  unknown = set(settings) - set(scores)
-  if unknown:
-    raise SystemExit(f"--settings {sorted(unknown)} are not columns of this run's evaluation; "
-                     f"it has {[c for c, _ in evaluation.mask_settings(config.eval)]}.")
   return scores
 
 
