@@ -33,7 +33,7 @@ demo-compare: setup
 	$(PY) -m gmsrm_jax.pipeline --config=configs/gmsrm.py:demo --workdir=$(DEMO_DIR) \
 	    --config.data.data_dir=$(DATA_DIR) --compare=base
 
-# The base encoder-decoder alone (configs/base.py:demo, 3,000 steps, ~10 min); docs/QUALITY.md.
+# The base encoder-decoder alone (configs/base.py:demo, 3,000 steps, ~16 min on 2 idle cores); docs/QUALITY.md.
 demo-base: setup
 	$(PY) -m gmsrm_jax.data.prepare --dataset=synthetic_scenes/64 --data_dir=$(DATA_DIR)
 	$(PY) train.py --config=configs/base.py:demo --workdir=$(BASE_DEMO_DIR) --config.data.data_dir=$(DATA_DIR)
