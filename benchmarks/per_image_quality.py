@@ -37,7 +37,6 @@ def per_image_psnr(config, workdir, settings, allow_config_change=()):
   from gmsrm_jax import baselines  # pylint: disable=g-import-not-at-top
   from gmsrm_jax import evaluation  # pylint: disable=g-import-not-at-top
   from gmsrm_jax import metrics  # pylint: disable=g-import-not-at-top
-  from gmsrm_jax import models  # pylint: disable=g-import-not-at-top
   from gmsrm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from gmsrm_jax.models import base  # pylint: disable=g-import-not-at-top
   from gmsrm_jax.train import loop  # pylint: disable=g-import-not-at-top
@@ -46,7 +45,8 @@ def per_image_psnr(config, workdir, settings, allow_config_change=()):
 
   if jax.process_count() != 1:
     raise SystemExit("per_image_quality.py runs in one process.")
-  columns = [column for column, _ in evaluation.mask_settings(config.eval)]
+  mask_settings = evaluation.mask_settings(config.eval)
+  columns = [column for column, _ in mask_settings]
   unknown = sorted(set(settings) - set(columns))
   if unknown:
     raise SystemExit(f"--settings {unknown} are not columns of this run's evaluation; it has "
@@ -58,11 +58,9 @@ def per_image_psnr(config, workdir, settings, allow_config_change=()):
   methods = {"model": jax.jit(functools.partial(step_lib.predict, components, variables))}
   options = base.input_and_output_options(config.model)
   if options["hole_fill"] == "pyramid":
-    def prior(image, mask):
-      _, fill = base.network_input(image, mask, options["hole_fill"],
-                                   options["fill_iterations"],
-                                   options["fill_biharmonic_iterations"])
-      return models.composite(fill, image, mask)
+    def prior(image, mask):  # network_input's prior keeps the known pixels (composited).
+      return base.network_input(image, mask, options["hole_fill"], options["fill_iterations"],
+                                options["fill_biharmonic_iterations"])[1]
     methods["prior"] = jax.jit(prior)
   for name in config.eval.get("baselines", ()):
     methods[baselines.DISPLAY_NAMES[name]] = functools.partial(baselines.inpaint, name)
@@ -70,7 +68,7 @@ def per_image_psnr(config, workdir, settings, allow_config_change=()):
                                                     evaluation.to_unit(image)))
 
   scores = {}
-  for column, mask_spec in evaluation.mask_settings(config.eval):
+  for column, mask_spec in mask_settings:
     if settings and column not in settings:
       continue
     rows = {name: [] for name in methods}

@@ -29,15 +29,16 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import base as base_config  # pylint: disable=g-import-not-at-top
   from gmsrm_jax import baselines  # pylint: disable=g-import-not-at-top
+  from gmsrm_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from gmsrm_jax import metrics  # pylint: disable=g-import-not-at-top
   from gmsrm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from gmsrm_jax.models import base  # pylint: disable=g-import-not-at-top
 
   config = base_config.get_config("demo")
   config.data.eval_split = _SPLIT.value
 
-  def psnr(output, image):
-    mse = np.mean((np.asarray(output, np.float64) - image) ** 2, axis=(1, 2, 3))
-    return float(np.mean(10 * np.log10(4.0 / mse)))  # [-1, 1] images: peak-to-peak 2.
+  def psnr(output, image):  # The mean of evaluation's per-image PSNR.
+    return float(np.mean(metrics.psnr(evaluation.to_unit(output), evaluation.to_unit(image))))
 
   fills = {v: jax.jit(lambda i, m, j=int(v.split(":")[0]), r=int(v.split(":")[1]):
                       base.composite(base.pyramid_fill(i, m, j, r), i, m))
