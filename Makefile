@@ -40,8 +40,12 @@ demo-base: setup
 	$(PY) evaluate.py --workdir=$(BASE_DEMO_DIR)  # the run's own config
 	@cat $(BASE_DEMO_DIR)/eval/metrics.md
 
+# pytest-xdist: one worker per core by default (CI has 2), each test file on one worker so its
+# module-scoped fixtures (compiled steps, trained runs) are built once. TEST_WORKERS=0 runs
+# everything in this process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 clean-demo:
 	rm -rf $(DEMO_DIR) $(BASE_DEMO_DIR)
