@@ -4,9 +4,9 @@
       [--variants=32:0,32:64,32:256]
 
 For each mask bin of the base demo's evaluation (its first 64 images of `--split`, one fixed
-mask each), prints the PSNR of biharmonic inpainting and of `models.base.pyramid_fill` with
-J Jacobi and R biharmonic Richardson steps per pyramid level (`J:R`), composited the same way.
-DESIGN Q11 quotes its output.
+mask each), prints the PSNR / SSIM of biharmonic inpainting and of `models.base.pyramid_fill`
+with J Jacobi and R biharmonic Richardson steps per pyramid level (`J:R`), composited the same
+way. DESIGN Q11 quotes its output.
 """
 
 import sys
@@ -37,8 +37,9 @@ def main(argv):
   config = base_config.get_config("demo")
   config.data.eval_split = _SPLIT.value
 
-  def psnr(output, image):  # The mean of evaluation's per-image PSNR.
-    return float(np.mean(metrics.psnr(evaluation.to_unit(output), evaluation.to_unit(image))))
+  def scores(output, image):  # The means of evaluation's per-image PSNR and SSIM.
+    output, image = evaluation.to_unit(output), evaluation.to_unit(image)
+    return float(np.mean(metrics.psnr(output, image))), float(np.mean(metrics.ssim(output, image)))
 
   fills = {v: jax.jit(lambda i, m, j=int(v.split(":")[0]), r=int(v.split(":")[1]):
                       base.composite(base.pyramid_fill(i, m, j, r), i, m))
@@ -48,9 +49,10 @@ def main(argv):
                                                     num_images=_IMAGES.value)))
     real = np.asarray(batch["weight"]) > 0
     image, mask = np.asarray(batch["image"])[real], np.asarray(batch["mask"])[real]
-    row = {"biharmonic": psnr(baselines.inpaint("biharmonic", image, mask), image)}
-    row.update({f"prior {v}": psnr(fill(image, mask), image) for v, fill in fills.items()})
-    print(f"{bin_name}: " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
+    row = {"biharmonic": scores(baselines.inpaint("biharmonic", image, mask), image)}
+    row.update({f"prior {v}": scores(fill(image, mask), image) for v, fill in fills.items()})
+    print(f"{bin_name}: " + "  ".join(f"{k} {p:.2f} / {s:.4f}" for k, (p, s) in row.items()),
+          flush=True)
 
 
 if __name__ == "__main__":

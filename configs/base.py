@@ -120,6 +120,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.eval.batch_size = 8
   config.eval.mask_dir = ""  # Optional external test masks (e.g. PConv); "" -> generated masks.
   config.eval.mask_invert = False  # Set when the folder's masks mark holes with 0.
+  # Seeds the generated test masks apart from config.seed, so runs trained with different seeds
+  # are measured on the same masks; -1 follows config.seed (what runs saved before it did).
+  config.eval.mask_seed = 0
   config.eval.use_ema = True
   # GM-SRM Table I (irregular, 10% bins) and Table II (center masks). CICM's tables use the
   # bins "0-20", "20-40", "40-60" instead.

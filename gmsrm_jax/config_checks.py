@@ -80,6 +80,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.compilation_cache_dir": ((lambda v: isinstance(v, str)), 'a directory or "" (off)'),
     "eval.batch_size": _POSITIVE_INT,
     "eval.num_images": _POSITIVE_INT,
+    "eval.mask_seed": _int_at_least(-1),
     "data.crop_size": _POSITIVE_INT,
     "data.resize_shorter": _POSITIVE_INT,
     "masks.irregular_prob": _PROBABILITY,
@@ -137,6 +138,7 @@ ADDED_FIELDS = {
     "model.upsample": "fir_then_conv",  # The generative memory's (stage 1) ...
     "model.memory.architecture.upsample": "fir_then_conv",  # ... and as stage 2 records it.
     "loss.inpaint_form": "l2",  # CICM eq. 5.
+    "eval.mask_seed": -1,  # Generated test masks followed config.seed.
 }
 
 

@@ -387,8 +387,8 @@ def provenance(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
     masks = (f"mask folder {eval_config.mask_dir}"
              + (" (inverted: black = hole)" if eval_config.mask_invert else ""))
   else:
-    masks = (f"generated, one per image and bin (seed {config.seed}); center masks for "
-             "center settings")
+    masks = (f"generated, one per image and bin (seed {pipeline.eval_mask_seed(config)}); "
+             "center masks for center settings")
   return {"dataset": f"{data.name}/{data.builder_config}" if data.builder_config else data.name,
           "split": data.eval_split, "step": int(step), "model": config.model.name,
           "weights": "EMA" if eval_config.use_ema else "raw", "masks": masks,

@@ -219,10 +219,30 @@ def test_eval_masks_are_fixed_per_image_and_in_their_bin(config):
       np.testing.assert_array_equal(a[key], b[key])
   for batch in first:
     for row, index in enumerate(batch["index"]):
-      expected = masks.mask_in_bin(config.masks, 32, seed=config.seed, index=int(index),
-                                   bin_name="40-50")
+      expected = masks.mask_in_bin(config.masks, 32, seed=config.eval.mask_seed,
+                                   index=int(index), bin_name="40-50")
       np.testing.assert_array_equal(batch["mask"][row, ..., 0], expected)
       assert 0.4 < batch["mask"][row].mean() <= 0.5
+
+
+def test_eval_masks_follow_eval_mask_seed_not_the_training_seed(config):
+  def bin_masks(config):
+    (batch,) = _eval(config, ("bin", "30-40"), 8, process_index=0, process_count=1)
+    return batch["mask"]
+
+  reference = bin_masks(config)
+  assert (config.seed, config.eval.mask_seed) == (0, 0)
+  other_seed = config.copy_and_resolve_references()
+  other_seed.seed = 3  # Runs of different training seeds are measured on the same masks.
+  np.testing.assert_array_equal(bin_masks(other_seed), reference)
+  other_seed.eval.mask_seed = 3
+  assert not np.array_equal(bin_masks(other_seed), reference)
+  # -1, and a config saved before the field existed, follow config.seed as such runs did.
+  follows = other_seed.copy_and_resolve_references()
+  follows.eval.mask_seed = -1
+  np.testing.assert_array_equal(bin_masks(follows), bin_masks(other_seed))
+  del follows.eval.mask_seed
+  np.testing.assert_array_equal(bin_masks(follows), bin_masks(other_seed))
 
 
 def test_eval_images_are_the_test_split_center_crops(config):

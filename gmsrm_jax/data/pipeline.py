@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from gmsrm_jax import config_checks
 from gmsrm_jax import masks
 from gmsrm_jax.data import builders
 from gmsrm_jax.data import decode
@@ -276,7 +277,7 @@ def eval_mask_fn(config: ml_collections.ConfigDict, mask_spec: tuple[str, object
   """image index -> the fixed float32 [H, W] mask of that image under `mask_spec`.
 
   ("bin", name): config.eval.mask_dir's MaskFolder if set, else `masks.mask_in_bin` seeded by
-  (config.seed, image index); ("center", area_ratio): the centered square hole.
+  (`eval_mask_seed(config)`, image index); ("center", area_ratio): the centered square hole.
   """
   size = config.data.crop_size
   kind, value = mask_spec
@@ -290,8 +291,16 @@ def eval_mask_fn(config: ml_collections.ConfigDict, mask_spec: tuple[str, object
   if config.eval.mask_dir:
     folder = _mask_folder(config.eval.mask_dir, size, config.eval.mask_invert)
     return lambda index: folder.mask_for(index, value)
-  return lambda index: masks.mask_in_bin(config.masks, size, seed=config.seed, index=index,
+  seed = eval_mask_seed(config)
+  return lambda index: masks.mask_in_bin(config.masks, size, seed=seed, index=index,
                                          bin_name=value)
+
+
+def eval_mask_seed(config: ml_collections.ConfigDict) -> int:
+  """The seed of the generated test masks: config.eval.mask_seed, or config.seed where that is
+  -1 (and in configs saved before the field existed, which evaluated that way)."""
+  seed = config.eval.get("mask_seed", config_checks.ADDED_FIELDS["eval.mask_seed"])
+  return config.seed if seed == -1 else seed
 
 
 @functools.lru_cache(maxsize=2)
