@@ -59,6 +59,7 @@ sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 from benchmarks import bench_input_pipeline  # pylint: disable=g-import-not-at-top
 from gmsrm_jax import masks  # pylint: disable=g-import-not-at-top
 from gmsrm_jax import objectives  # pylint: disable=g-import-not-at-top
+from gmsrm_jax import precision  # pylint: disable=g-import-not-at-top
 from gmsrm_jax import weights  # pylint: disable=g-import-not-at-top
 from gmsrm_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
 from gmsrm_jax.train import health  # pylint: disable=g-import-not-at-top
@@ -118,11 +119,6 @@ def peak_for(device_kind: str) -> Peak | None:
     if re.search(pattern, device_kind, re.IGNORECASE):
       return peak
   return None
-
-
-def compute_dtype(config) -> str:
-  """The config's compute dtype; configs from before the field run float32."""
-  return config.train.get("compute_dtype", "float32")
 
 
 def peak_tflops(device_kind: str, dtype: str) -> float | None:
@@ -258,7 +254,7 @@ def measure(step: CompiledStep, *, steps: int, warmup: int, save_checkpoint: boo
   config, mesh = step.config, step.mesh
   devices = mesh.devices.size
   kind = mesh.devices.flat[0].device_kind
-  dtype = compute_dtype(config)
+  dtype = precision.compute_dtype(config).name
   flops = compiled_flops(step.compiled)
   result = {"device_kind": kind, "platform": mesh.devices.flat[0].platform, "devices": devices,
             "compute_dtype": dtype, "image": config.data.crop_size,

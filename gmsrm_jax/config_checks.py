@@ -142,6 +142,12 @@ ADDED_FIELDS = {
 }
 
 
+def added_field(section: ml_collections.ConfigDict, name: str) -> Any:
+  """The ADDED_FIELDS field `name` ("train.ema_warmup") read from its `section`
+  (config.train): its value, or in a config saved before it existed, the value its run used."""
+  return section.get(name.rsplit(".", 1)[1], ADDED_FIELDS[name])
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
   """{"a.b.c": leaf} of a nested dict."""
   flat = {}

@@ -151,7 +151,7 @@ class CICMObjective:
     return terms
 
   def generator_total(self, terms, loss_config):
-    form = loss_config.get("inpaint_form", config_checks.ADDED_FIELDS["loss.inpaint_form"])
+    form = config_checks.added_field(loss_config, "loss.inpaint_form")
     inpaint = (terms["inpaint"] if form == "l2"
                else losses.reconstruction_loss(terms, loss_config.gamma))
     total = (loss_config.inpaint_weight * inpaint

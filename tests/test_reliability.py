@@ -14,6 +14,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -208,6 +209,7 @@ def test_stop_requests_flag_the_first_signal_and_abort_on_the_second():
     ("optim.b2", 1.0, r"a number in \[0, 1\)"),
     ("loss.adv_weight", float("inf"), "a finite number"),
     ("masks.hole_ratio_range", (0.5, 0.2), r"a pair \(lo, hi\) with 0 <= lo < hi <= 1"),
+    ("eval.mask_seed", -2, "an integer >= -1"),
 ])
 def test_validation_names_the_field_and_the_allowed_values(field, value, allowed):
   config = tiny_run.config("", 4)
@@ -258,6 +260,10 @@ def test_config_changes_that_a_resume_allows():
   with pytest.raises(config_checks.ConfigChangeError,
                      match=r"masks.ratio_sampling: 'natural' -> 'overlay'"):
     check(config)
+  # What the code reads from each: config_checks.added_field.
+  assert config_checks.added_field(
+      ml_collections.ConfigDict(stored).masks, "masks.ratio_sampling") == "natural"
+  assert config_checks.added_field(config.masks, "masks.ratio_sampling") == "overlay"
 
 
 # --- 6. Export files ----------------------------------------------------------------------------

@@ -299,7 +299,7 @@ def eval_mask_fn(config: ml_collections.ConfigDict, mask_spec: tuple[str, object
 def eval_mask_seed(config: ml_collections.ConfigDict) -> int:
   """The seed of the generated test masks: config.eval.mask_seed, or config.seed where that is
   -1 (and in configs saved before the field existed, which evaluated that way)."""
-  seed = config.eval.get("mask_seed", config_checks.ADDED_FIELDS["eval.mask_seed"])
+  seed = config_checks.added_field(config.eval, "eval.mask_seed")
   return config.seed if seed == -1 else seed
 
 

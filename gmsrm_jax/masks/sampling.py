@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from gmsrm_jax import config_checks
 from gmsrm_jax.masks import bins as bins_lib
 from gmsrm_jax.masks import generators
 
@@ -54,7 +55,7 @@ def training_mask(mask_config, size: generators.Size, *, seed: int, step: int,
   lo_count, hi_count = bins_lib.count_bounds(lo, hi, height * width)
   rng = np.random.default_rng([seed, step, index, TRAINING_STREAM])
   irregular = rng.random() < mask_config.irregular_prob
-  if mask_config.get("ratio_sampling", "natural") == "overlay":
+  if config_checks.added_field(mask_config, "masks.ratio_sampling") == "overlay":
     return _overlay_mask(rng, (height, width), mask_config, irregular, lo_count, hi_count)
 
   closest, closest_miss = None, None

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import flax
 import ml_collections
 
+from gmsrm_jax import config_checks
 from gmsrm_jax.models import base
 from gmsrm_jax.models import cicm_module
 from gmsrm_jax.models import gmsrm
@@ -30,7 +31,7 @@ def _base(model_config):
   return BaseInpaintingNet(encoder_channels=tuple(model_config.encoder_channels),
                            stem_channels=model_config.stem_channels,
                            ca_reduction=model_config.ca_reduction,
-                           output_skip=model_config.get("output_skip", True),
+                           output_skip=config_checks.added_field(model_config, "model.output_skip"),
                            **base.input_and_output_options(model_config))
 
 

@@ -134,7 +134,7 @@ def in_compute_dtype(encoder_input: jax.Array, compute_dtype: Any | None) -> jax
 def input_and_output_options(model_config) -> dict[str, Any]:
   """The input fill and output head fields every family takes from `config.model`; configs
   saved before these fields existed lack them and meant config_checks.ADDED_FIELDS' values."""
-  return {name: model_config.get(name, config_checks.ADDED_FIELDS[f"model.{name}"])
+  return {name: config_checks.added_field(model_config, f"model.{name}")
           for name in ("hole_fill", "fill_iterations", "fill_biharmonic_iterations",
                        "residual_output")}
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from gmsrm_jax import config_checks
 from gmsrm_jax import precision
 from gmsrm_jax import tree_match
 from gmsrm_jax.models import layers
@@ -229,7 +230,7 @@ def create(model_config: ml_collections.ConfigDict) -> GMSRMNet:
           w_dim=architecture.w_dim, upsample=networks.upsample_form(architecture)),
       conditional_noise=gmsrm.conditional_noise, progressive=gmsrm.progressive,
       head_channels=gmsrm.head_channels, kl_layer_weights=tuple(gmsrm.kl_layer_weights),
-      output_skip=model_config.get("output_skip", True),
+      output_skip=config_checks.added_field(model_config, "model.output_skip"),
       **input_and_output_options(model_config))
 
 

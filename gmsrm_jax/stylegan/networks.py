@@ -31,7 +31,7 @@ UPSAMPLE_FORMS = ("transposed", "fir_then_conv")
 def upsample_form(model: ml_collections.ConfigDict) -> str:
   """`model.upsample`; architectures saved before the field existed lack it and were made with
   the form config_checks.ADDED_FIELDS names ("fir_then_conv")."""
-  return model.get("upsample", config_checks.ADDED_FIELDS["model.upsample"])
+  return config_checks.added_field(model, "model.upsample")
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:

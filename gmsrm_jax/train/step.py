@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from gmsrm_jax import config_checks
 from gmsrm_jax import models
 from gmsrm_jax import objectives
 from gmsrm_jax import precision
@@ -112,7 +113,8 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
   new_state = state.replace(
       step=state.step + 1, g_params=g_params, g_opt_state=g_opt_state,
       ema_params=ema_update(state.ema_params, g_params, ema_decay_at(
-          state.step, config.train.ema_decay, config.train.get("ema_warmup", False))),
+          state.step, config.train.ema_decay,
+          config_checks.added_field(config.train, "train.ema_warmup"))),
       g_state=new_g_state)
   metrics = {**{f"loss/{k}": v for k, v in g_terms.items()}, "loss/g_total": g_total,
              "grad_norm/g": optax.tree.norm(g_grads), **diagnostics}
