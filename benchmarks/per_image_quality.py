@@ -10,8 +10,9 @@ unbounded: a hole that lies on flat colour is completed exactly by the classical
 float rounding, 100+ dB), and one such image moves a 64-image mean by more than a dB. For each
 setting this prints, per method: the mean and the median, how many images it completes
 "exactly" (above --exact_db), the mean over the images no method completes exactly, and the
-share of images on which the model beats every classical method. The prior row is the
-parameter-free fill the network starts from (model.hole_fill = "pyramid"; DESIGN Q6, Q11).
+share of images on which the model beats every classical method, then the mean SSIM (whether
+the network improves on its prior's structure, not only its squared error). The prior row is
+the parameter-free fill the network starts from (model.hole_fill = "pyramid"; DESIGN Q6, Q11).
 Trains nothing and writes nothing; the config is the run's own (docs/QUALITY.md).
 """
 
@@ -29,9 +30,9 @@ _EXACT_DB = flags.DEFINE_float("exact_db", 60.0, "PSNR above which a completion 
                                "exact (an error of one 8-bit level at every pixel is 48 dB).")
 
 
-def per_image_psnr(config, workdir, settings, allow_config_change=()):
-  """{column: {method: [N] PSNR per real image}} for the run's model, its prior (when it has
-  one) and config.eval.baselines; the columns of evaluation.mask_settings."""
+def per_image_scores(config, workdir, settings, allow_config_change=()):
+  """{column: {method: {"psnr": [N], "ssim": [N]} per real image}} for the run's model, its
+  prior (when it has one) and config.eval.baselines; the columns of evaluation.mask_settings."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from gmsrm_jax import baselines  # pylint: disable=g-import-not-at-top
@@ -64,21 +65,25 @@ def per_image_psnr(config, workdir, settings, allow_config_change=()):
     methods["prior"] = jax.jit(prior)
   for name in config.eval.get("baselines", ()):
     methods[baselines.DISPLAY_NAMES[name]] = functools.partial(baselines.inpaint, name)
-  psnr = jax.jit(lambda output, image: metrics.psnr(evaluation.to_unit(output),
-                                                    evaluation.to_unit(image)))
+  def per_image(output, image):
+    output, image = evaluation.to_unit(output), evaluation.to_unit(image)
+    return {"psnr": metrics.psnr(output, image), "ssim": metrics.ssim(output, image)}
+  per_image = jax.jit(per_image)
 
   scores = {}
   for column, mask_spec in mask_settings:
     if settings and column not in settings:
       continue
-    rows = {name: [] for name in methods}
+    rows = {name: {"psnr": [], "ssim": []} for name in methods}
     for batch in pipeline.create_eval_iterator(config, mask_spec=mask_spec,
                                                num_images=config.eval.num_images):
       real = np.asarray(batch["weight"]) > 0  # Padding rows repeat an image.
       for name, complete in methods.items():
         output = complete(batch["image"], batch["mask"])
-        rows[name].append(np.asarray(psnr(output, batch["image"]), np.float64)[real])
-    scores[column] = {name: np.concatenate(values) for name, values in rows.items()}
+        for metric, values in per_image(output, batch["image"]).items():
+          rows[name][metric].append(np.asarray(values, np.float64)[real])
+    scores[column] = {name: {metric: np.concatenate(values) for metric, values in row.items()}
+                      for name, row in rows.items()}
   return scores
 
 
@@ -87,20 +92,21 @@ def summary(scores, exact_db):
   import numpy as np  # pylint: disable=g-import-not-at-top
   lines = []
   for column, by_method in scores.items():
-    classical = [v for name, v in by_method.items() if name not in ("model", "prior")]
-    exact = np.any([v > exact_db for v in by_method.values()], axis=0)
+    psnr = {name: row["psnr"] for name, row in by_method.items()}
+    classical = [v for name, v in psnr.items() if name not in ("model", "prior")]
+    exact = np.any([v > exact_db for v in psnr.values()], axis=0)
     best_classical = np.max(classical, axis=0) if classical else None
     lines += [f"{column} ({len(exact)} images; {int(exact.sum())} completed exactly by some "
               "method):", "",
               f"| method | mean | median | images > {exact_db:g} dB | mean without those "
-              f"{int(exact.sum())} | beats every classical method on |",
-              "|---|---|---|---|---|---|"]
-    for name, values in by_method.items():
+              f"{int(exact.sum())} | beats every classical method on | mean SSIM |",
+              "|---|---|---|---|---|---|---|"]
+    for name, values in psnr.items():
       wins = (f"{np.mean(values > best_classical):.0%}"
               if best_classical is not None and name in ("model", "prior") else "")
       lines.append(f"| {name} | {np.mean(values):.2f} | {np.median(values):.2f} | "
                    f"{int(np.sum(values > exact_db))} | {np.mean(values[~exact]):.2f} | "
-                   f"{wins} |")
+                   f"{wins} | {np.mean(by_method[name]['ssim']):.4f} |")
     lines.append("")
   return lines
 
@@ -108,7 +114,7 @@ def summary(scores, exact_db):
 def main(argv):
   del argv
   config, workdir = cli.setup()
-  scores = per_image_psnr(config, workdir, _SETTINGS.value, cli.ALLOW_CONFIG_CHANGE.value)
+  scores = per_image_scores(config, workdir, _SETTINGS.value, cli.ALLOW_CONFIG_CHANGE.value)
   print("\n".join(summary(scores, _EXACT_DB.value)))
 
 

@@ -216,15 +216,17 @@ def test_per_image_scores_average_to_the_table_and_count_exact_fills(tiny_data_d
   from benchmarks import per_image_quality  # pylint: disable=g-import-not-at-top
   config = _config(tiny_data_dir, baselines=("biharmonic",))
   out = evaluation.evaluate(config, checkpointed)
-  scores = per_image_quality.per_image_psnr(config, checkpointed, ["20-30%"])
+  scores = per_image_quality.per_image_scores(config, checkpointed, ["20-30%"])
   assert list(scores) == ["20-30%"]
-  rows = scores["20-30%"]
-  assert list(rows) == ["model", "biharmonic (scikit-image)"]  # The tiny model has no prior.
-  assert all(len(values) == 6 for values in rows.values())  # Padding rows are not images.
-  np.testing.assert_allclose(np.mean(rows["model"]), out["results"]["20-30%"]["psnr"],
-                             rtol=1e-5)
-  np.testing.assert_allclose(np.mean(rows["biharmonic (scikit-image)"]),
-                             out["baselines"]["biharmonic"]["20-30%"]["psnr"], rtol=1e-5)
+  assert list(scores["20-30%"]) == ["model", "biharmonic (scikit-image)"]  # No prior here.
+  for metric in ("psnr", "ssim"):
+    model, classical = (scores["20-30%"][name][metric]
+                        for name in ("model", "biharmonic (scikit-image)"))
+    assert len(model) == len(classical) == 6  # Padding rows are not images.
+    np.testing.assert_allclose(np.mean(model), out["results"]["20-30%"][metric], rtol=1e-5)
+    np.testing.assert_allclose(np.mean(classical),
+                               out["baselines"]["biharmonic"]["20-30%"][metric], rtol=1e-5)
+  rows = {name: row["psnr"] for name, row in scores["20-30%"].items()}
   # One exact fill (here a stand-in 150 dB) is set aside for every method alike.
   rows["biharmonic (scikit-image)"][0] = 150.0
   table = per_image_quality.summary(scores, exact_db=60.0)
@@ -234,5 +236,6 @@ def test_per_image_scores_average_to_the_table_and_count_exact_fills(tiny_data_d
   assert float(cells[4]) == pytest.approx(np.mean(rows["model"][1:]), abs=0.006)
   wins = np.mean(rows["model"] > rows["biharmonic (scikit-image)"])
   assert cells[5] == f"{wins:.0%}"
+  assert float(cells[6]) == pytest.approx(np.mean(scores["20-30%"]["model"]["ssim"]), abs=6e-5)
   with pytest.raises(SystemExit, match="not columns"):
-    per_image_quality.per_image_psnr(config, checkpointed, ["0-20%"])
+    per_image_quality.per_image_scores(config, checkpointed, ["0-20%"])
