@@ -57,6 +57,7 @@ import tensorflow_datasets as tfds
 
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 from benchmarks import bench_input_pipeline  # pylint: disable=g-import-not-at-top
+from gmsrm_jax import config_checks  # pylint: disable=g-import-not-at-top
 from gmsrm_jax import masks  # pylint: disable=g-import-not-at-top
 from gmsrm_jax import objectives  # pylint: disable=g-import-not-at-top
 from gmsrm_jax import precision  # pylint: disable=g-import-not-at-top
@@ -413,6 +414,15 @@ def _define_flags() -> None:
   flags.DEFINE_bool("checkpoint", True, "Time one orbax save of the state.")
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with an unknown --config.* override named as the entry points name it."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as error:
+    config_checks.exit_if_unknown_override(error, argv)
+    raise
+
+
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -16,6 +16,7 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from gmsrm_jax import config_checks
 from gmsrm_jax.train import parallel
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -110,17 +111,8 @@ def parse_flags(argv: list[str], *, saved_config: bool = False) -> list[str]:
       sys.exit(1)
     return remaining
   except (AttributeError, KeyError) as error:
-    message = str(error.args[0] if error.args else error)
-    unknown = re.search(r"'([^']+)'", message)
-    overrides = [arg[2:].split("=")[0] for arg in argv if arg.startswith("--config.")]
-    culprits = [o for o in overrides if unknown and unknown.group(1) in o.split(".")[1:]]
-    if not culprits:
-      raise
-    hint = message.split("\n", 1)[1].strip() if "\n" in message else ""
-    sys.stderr.write(f"FATAL Flags parsing error: --{culprits[0]}: the config has no field "
-                     f"{culprits[0]} ({unknown.group(1)!r} is unknown). {hint}\n".rstrip()
-                     + "\nEvery --config.* override must name an existing field.\n")
-    sys.exit(1)
+    config_checks.exit_if_unknown_override(error, argv)
+    raise
 
 
 def run(main, *, saved_config: bool = False) -> None:

@@ -15,6 +15,8 @@ data) the same way.
 
 import json
 import math
+import re
+import sys
 from typing import Any, Callable, Iterable
 
 from absl import logging
@@ -140,6 +142,30 @@ ADDED_FIELDS = {
     "loss.inpaint_form": "l2",  # CICM eq. 5.
     "eval.mask_seed": -1,  # Generated test masks followed config.seed.
 }
+
+
+def unknown_override(error: Exception, argv: list[str]) -> str | None:
+  """The message for ml_collections' error about a --config.* override naming no field, with
+  the override's full path (ml_collections names only its last key: "'no_such_key'"); None
+  when `error` is not about one of argv's overrides."""
+  message = str(error.args[0] if error.args else error)
+  unknown = re.search(r"'([^']+)'", message)
+  overrides = [arg[2:].split("=")[0] for arg in argv if arg.startswith("--config.")]
+  culprits = [o for o in overrides if unknown and unknown.group(1) in o.split(".")[1:]]
+  if not culprits:
+    return None
+  hint = message.split("\n", 1)[1].strip() if "\n" in message else ""
+  return (f"--{culprits[0]}: the config has no field {culprits[0]} ({unknown.group(1)!r} is "
+          f"unknown). {hint}".rstrip() + "\nEvery --config.* override must name an existing field.")
+
+
+def exit_if_unknown_override(error: Exception, argv: list[str]) -> None:
+  """A command's flag parser: exits with status 1 and `unknown_override`'s message when
+  `error` is about one of argv's overrides; returns otherwise (the caller re-raises)."""
+  message = unknown_override(error, argv)
+  if message is not None:
+    sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
+    sys.exit(1)
 
 
 def added_field(section: ml_collections.ConfigDict, name: str) -> Any:

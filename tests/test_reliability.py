@@ -220,6 +220,19 @@ def test_validation_names_the_field_and_the_allowed_values(field, value, allowed
     config_checks.validate(config)
 
 
+def test_an_unknown_override_is_named_by_its_full_path():
+  # What every command's parser reports (cli.parse_flags, bench_device; the train.py command
+  # is run in test_end_to_end): ml_collections' own error names only the last key.
+  argv = ["prog", "--config=configs/base.py:tiny", "--config.train.batch_size=2",
+          "--config.train.no_such_key=3"]
+  with pytest.raises(AttributeError) as error:
+    getattr(tiny_run.config("", 4).train, "no_such_key")
+  assert config_checks.unknown_override(error.value, argv) == (
+      "--config.train.no_such_key: the config has no field config.train.no_such_key "
+      "('no_such_key' is unknown).\nEvery --config.* override must name an existing field.")
+  assert config_checks.unknown_override(error.value, argv[:3]) is None  # Not an override's.
+
+
 def test_validation_lists_every_problem_before_any_work(tmp_path):
   config = tiny_run.config(str(tmp_path / "no_data_here"), 4)
   config.train.checkpoint_every = 0
