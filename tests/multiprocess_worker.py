@@ -1,7 +1,7 @@
-"""One process of the two-process test (tests/test_multiprocess.py); not a test itself.
+"""One process of the two-process job (tests/two_processes.py); not a test itself.
 
 Usage: python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR DATA_DIR OUT_JSON [CONFIG]
-CONFIG is "<module in configs/>:<argument>", default "base:tiny" (e.g. "unet_cicm:tiny").
+CONFIG is "<module in configs/>:<argument>", e.g. "unet_cicm:tiny" (default "base:tiny").
 """
 
 import importlib
