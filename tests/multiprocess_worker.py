@@ -1,7 +1,7 @@
 """One process of the two-process job (tests/two_processes.py); not a test itself.
 
-Usage: python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR DATA_DIR OUT_JSON [CONFIG]
-CONFIG is "<module in configs/>:<argument>", e.g. "unet_cicm:tiny" (default "base:tiny").
+Usage: python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR DATA_DIR OUT_JSON CONFIG
+CONFIG is "<module in configs/>:<argument>", e.g. "unet_cicm:tiny".
 """
 
 import importlib
@@ -19,7 +19,7 @@ from gmsrm_jax.train import loop  # pylint: disable=g-import-not-at-top
 from gmsrm_jax.train import parallel  # pylint: disable=g-import-not-at-top
 
 
-def main(process_id, port, workdir, data_dir, out_json, config_name="base:tiny"):
+def main(process_id, port, workdir, data_dir, out_json, config_name):
   parallel.maybe_initialize_distributed(f"127.0.0.1:{port}", 2, int(process_id))
   module, argument = config_name.split(":")
   config = importlib.import_module(f"configs.{module}").get_config(argument)
