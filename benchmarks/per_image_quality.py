@@ -66,7 +66,7 @@ def per_image_scores(config, workdir, settings, allow_config_change=()):
   for name in config.eval.get("baselines", ()):
     methods[baselines.DISPLAY_NAMES[name]] = functools.partial(baselines.inpaint, name)
   def per_image(output, image):
-    output, image = evaluation.to_unit(output), evaluation.to_unit(image)
+    output, image = metrics.to_unit(output), metrics.to_unit(image)
     return {"psnr": metrics.psnr(output, image), "ssim": metrics.ssim(output, image)}
   per_image = jax.jit(per_image)
 

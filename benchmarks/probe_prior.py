@@ -38,7 +38,7 @@ def main(argv):
   config.data.eval_split = _SPLIT.value
 
   def scores(output, image):  # The means of evaluation's per-image PSNR and SSIM.
-    output, image = evaluation.to_unit(output), evaluation.to_unit(image)
+    output, image = metrics.to_unit(output), metrics.to_unit(image)
     return float(np.mean(metrics.psnr(output, image))), float(np.mean(metrics.ssim(output, image)))
 
   fills = {v: jax.jit(lambda i, m, j=int(v.split(":")[0]), r=int(v.split(":")[1]):

@@ -80,6 +80,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.loss.gamma = 10.0
   config.loss.rec_weight = 1.0
   config.loss.adv_weight = 0.01
+  # Weight of 1 - SSIM of the composited output (losses.structural_loss), added to any
+  # objective; neither paper has it (DESIGN Q14).
+  config.loss.ssim_weight = 0.0
 
   config.optim = ml_collections.ConfigDict()
   config.optim.learning_rate = 2e-4

@@ -102,6 +102,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.b2": _ADAM_BETA,
     "loss.r1_interval": _POSITIVE_INT,
     "loss.pl_interval": _POSITIVE_INT,
+    "loss.ssim_weight": _NON_NEGATIVE,
     "loss.inpaint_form": ((lambda v: v in INPAINT_FORMS), " or ".join(map(repr, INPAINT_FORMS))),
 }
 # Every float and int under these sections must be finite (loss weights may be negative).
@@ -141,6 +142,7 @@ ADDED_FIELDS = {
     "model.memory.architecture.upsample": "fir_then_conv",  # ... and as stage 2 records it.
     "loss.inpaint_form": "l2",  # CICM eq. 5.
     "eval.mask_seed": -1,  # Generated test masks followed config.seed.
+    "loss.ssim_weight": 0.0,
 }
 
 

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from gmsrm_jax import metrics
 from gmsrm_jax import precision
 from gmsrm_jax.features import vgg19
 
@@ -26,6 +27,13 @@ def reconstruction_losses(prediction: jax.Array, target: jax.Array, mask: jax.Ar
 def reconstruction_loss(losses: dict[str, jax.Array], gamma: float) -> jax.Array:
   """L_rec = L_known-L1 + gamma * L_corrupted-L1 (eq. 10, gamma = 10 in the paper)."""
   return losses["rec_known"] + gamma * losses["rec_hole"]
+
+
+def structural_loss(completed: jax.Array, target: jax.Array) -> jax.Array:
+  """1 - SSIM of the composited output, the batch mean: the evaluation's own SSIM
+  (metrics.ssim, Wang et al. 2004) as a loss, as in Zhao et al. 2017's mixed L1 + (MS-)SSIM
+  restoration loss. Neither paper has it; config.loss.ssim_weight enables it (DESIGN Q14)."""
+  return 1.0 - jnp.mean(metrics.ssim(metrics.to_unit(completed), metrics.to_unit(target)))
 
 
 def generator_adversarial_loss(fake_logits: jax.Array) -> jax.Array:

@@ -40,6 +40,12 @@ _SSIM_TRUNCATE = 3.5
 _LMSE_ALPHA_EPS = 1e-5
 
 
+def to_unit(images: jax.Array) -> jax.Array:
+  """The models' [-1, 1] images -> the [0, 1] range these metrics take, clipped (a residual
+  output head can leave the range; the saved 8-bit image would be clipped too)."""
+  return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
+
+
 def _check_pair(pred: jax.Array, target: jax.Array, name: str) -> tuple[jax.Array, jax.Array]:
   """Validates shapes (static, so checked once at trace time) and promotes to >= float32."""
   pred = jnp.asarray(pred)

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from configs import base as base_config
+from gmsrm_jax import losses
+from gmsrm_jax import metrics as metrics_lib
 from gmsrm_jax import objectives
 from gmsrm_jax.train import parallel
 from gmsrm_jax.train import state as state_lib
@@ -108,8 +110,14 @@ def test_the_demos_short_run_recipe_trains():
   config = base_config.get_config("tiny")
   base_config.short_run_recipe(config)
   config.optim.warmup_steps = 1
+  config.loss.ssim_weight = 0.5  # Any objective takes the structural term (DESIGN Q14).
   before, after, metrics = _run(config, jax.devices()[:1], num_steps=3, keep_initial=True)
   assert int(after.step) == 3 and "loss/d" not in metrics[0]
+  for m in metrics:
+    assert 0.0 < m["loss/ssim"] < 1.0
+    np.testing.assert_allclose(
+        m["loss/g_total"], m["loss/rec_known"] + 10.0 * m["loss/rec_hole"] + 0.5 * m["loss/ssim"],
+        rtol=1e-5)
   assert all(np.isfinite(v) for m in metrics for v in jax.tree.leaves(m))
   # The schedule starts at 0 (warm-up), so only the later updates move G.
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before.g_params),
@@ -164,6 +172,19 @@ def test_reconstruction_improves_over_steps():
     state, metrics = step_fn(state, batch)
     losses.append(float(metrics["loss/rec_hole"]))
   assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_structural_loss_is_one_minus_the_evaluations_ssim():
+  image = jnp.asarray(_batch(batch_size=2)["image"])
+  other = jnp.asarray(_batch(batch_size=2, seed=1)["image"])
+  assert float(losses.structural_loss(image, image)) == pytest.approx(0.0, abs=1e-6)
+  unit = lambda x: (np.clip(x, -1, 1) + 1) / 2
+  expected = 1.0 - np.mean(metrics_lib.ssim(unit(other), unit(image)))
+  np.testing.assert_allclose(losses.structural_loss(other, image), expected, rtol=1e-5)
+  # Differentiable: it pulls a perturbed image back towards the target.
+  gradient = jax.grad(losses.structural_loss)(other, image)
+  assert float(losses.structural_loss(other - 0.1 * gradient / jnp.abs(gradient).max(), image)
+               ) < float(expected)
 
 
 def test_unknown_auxiliary_loss_needs_a_weight():

@@ -14,6 +14,7 @@ import ml_collections
 import optax
 
 from gmsrm_jax import config_checks
+from gmsrm_jax import losses
 from gmsrm_jax import models
 from gmsrm_jax import objectives
 from gmsrm_jax import precision
@@ -102,6 +103,9 @@ def train_step(components: Components, config: ml_collections.ConfigDict, state:
                                          real_logits=real_logits, fake_logits=fake_logits,
                                          loss_networks=compute(loss_networks or {})),
              **aux}
+    # A family-independent term, weighted by objectives.weighted_auxiliary like the aux ones.
+    if config_checks.added_field(config.loss, "loss.ssim_weight"):
+      terms["ssim"] = losses.structural_loss(completed, image)
     return objective.generator_total(terms, config.loss), (terms, completed, new_g_state,
                                                            diagnostics)
 
