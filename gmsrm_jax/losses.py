@@ -33,7 +33,8 @@ def structural_loss(completed: jax.Array, target: jax.Array) -> jax.Array:
   """1 - SSIM of the composited output, the batch mean: the evaluation's own SSIM
   (metrics.ssim, Wang et al. 2004) as a loss, as in Zhao et al. 2017's mixed L1 + (MS-)SSIM
   restoration loss. Neither paper has it; config.loss.ssim_weight enables it (DESIGN Q14)."""
-  return 1.0 - jnp.mean(metrics.ssim(metrics.to_unit(completed), metrics.to_unit(target)))
+  return 1.0 - jnp.mean(metrics.ssim(metrics.to_unit(completed), metrics.to_unit(target),
+                                     centred_moments=False))
 
 
 def generator_adversarial_loss(fake_logits: jax.Array) -> jax.Array:
