@@ -153,16 +153,17 @@ def load_feature_networks(eval_config: ml_collections.ConfigDict, mesh) -> Featu
 
 def output_metrics(lpips_net, fid_size, lpips_params, fid_params, output, batch):
   """Per-metric sums over the real rows of a completed batch, their count, FID features."""
-  values = metrics_lib.compute_all(metrics_lib.to_unit(output), metrics_lib.to_unit(batch["image"]))
+  output_unit = metrics_lib.to_unit(output)
+  values = metrics_lib.compute_all(output_unit, metrics_lib.to_unit(batch["image"]))
   if lpips_params is not None:
     # LPIPS takes [-1, 1] images; the output is clipped to that range like the metrics' inputs.
     values["lpips"] = lpips_lib.lpips_distance(
-        lpips_params, 2.0 * metrics_lib.to_unit(output) - 1.0, batch["image"], lpips_net)
+        lpips_params, 2.0 * output_unit - 1.0, batch["image"], lpips_net)
   weight = batch["weight"]
   sums = {k: jnp.sum(jnp.where(weight > 0, v, 0.0)) for k, v in values.items()}
   features = None
   if fid_params is not None:
-    features = inception.fid_features(fid_params, 2.0 * metrics_lib.to_unit(output) - 1.0, fid_size)
+    features = inception.fid_features(fid_params, 2.0 * output_unit - 1.0, fid_size)
   return sums, jnp.sum(weight), features
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import base as base_config
-from gmsrm_jax import losses
+from gmsrm_jax import losses as losses_lib
 from gmsrm_jax import metrics as metrics_lib
 from gmsrm_jax import objectives
 from gmsrm_jax.train import parallel
@@ -177,13 +177,13 @@ def test_reconstruction_improves_over_steps():
 def test_structural_loss_is_one_minus_the_evaluations_ssim():
   image = jnp.asarray(_batch(batch_size=2)["image"])
   other = jnp.asarray(_batch(batch_size=2, seed=1)["image"])
-  assert float(losses.structural_loss(image, image)) == pytest.approx(0.0, abs=1e-6)
+  assert float(losses_lib.structural_loss(image, image)) == pytest.approx(0.0, abs=1e-6)
   unit = lambda x: (np.clip(x, -1, 1) + 1) / 2
   expected = 1.0 - np.mean(metrics_lib.ssim(unit(other), unit(image)))
-  np.testing.assert_allclose(losses.structural_loss(other, image), expected, rtol=1e-5)
+  np.testing.assert_allclose(losses_lib.structural_loss(other, image), expected, rtol=1e-5)
   # Differentiable: it pulls a perturbed image back towards the target.
-  gradient = jax.grad(losses.structural_loss)(other, image)
-  assert float(losses.structural_loss(other - 0.1 * gradient / jnp.abs(gradient).max(), image)
+  gradient = jax.grad(losses_lib.structural_loss)(other, image)
+  assert float(losses_lib.structural_loss(other - 0.1 * gradient / jnp.abs(gradient).max(), image)
                ) < float(expected)
 
 
