@@ -29,7 +29,6 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import base as base_config  # pylint: disable=g-import-not-at-top
   from gmsrm_jax import baselines  # pylint: disable=g-import-not-at-top
-  from gmsrm_jax import evaluation  # pylint: disable=g-import-not-at-top
   from gmsrm_jax import metrics  # pylint: disable=g-import-not-at-top
   from gmsrm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from gmsrm_jax.models import base  # pylint: disable=g-import-not-at-top

@@ -6,8 +6,8 @@
 Trains configs/gmsrm.py:demo,<row> for each row and seed (stage 1 once, unless --memory names
 an export), evaluates every run's online weights on the same test masks (config.eval.mask_seed,
 whatever the training seed), and writes <workdir>/summary.{json,md}: PSNR / SSIM per mask
-setting, mean over seeds with the per-seed values. Runs resume, so an interrupted study continues. Hours of
-CPU at the defaults; not part of the test suite.
+setting, mean over seeds with the per-seed values. Runs resume, so an interrupted study
+continues. Hours of CPU at the defaults; not part of the test suite.
 """
 
 import json
