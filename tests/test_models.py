@@ -74,6 +74,14 @@ def test_pyramid_fill():
   np.testing.assert_array_equal(base.network_input(other, mask, "pyramid")[1], prior)
 
 
+def test_the_priors_neighbour_sum_repeats_the_border():
+  """The fused form (zero pad + border count) is numpy's edge-padded 4-neighbour sum."""
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 5, 7, 3)).astype(np.float32)
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+  expected = (padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2]
+              + padded[:, 1:-1, 2:])
+  np.testing.assert_allclose(jax.jit(base._neighbour_sum)(x), expected, atol=1e-6)  # pylint: disable=protected-access
+
 
 def test_biharmonic_relaxation_of_the_pyramid_fill():
   """The Richardson steps move the fill towards scikit-image's biharmonic inpainting (an
@@ -96,6 +104,7 @@ def test_biharmonic_relaxation_of_the_pyramid_fill():
   assert np.all(np.abs(filled) < 2.0)  # Stable on noise (overshoot is biharmonic's own).
   known = np.broadcast_to(np.asarray(mask) == 0, image.shape)
   np.testing.assert_allclose(filled[known], np.asarray(image)[known], atol=1e-6)
+
 
 def test_residual_output_starts_at_the_prior():
   net = models.BaseInpaintingNet(encoder_channels=(8, 16), stem_channels=4, ca_reduction=2,
