@@ -55,10 +55,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.model.name = "unet_cicm"
   if variant == "demo":
-    config.train.num_steps = 1500  # docs/CICM_RESULTS.md's budget.
-    # DESIGN Q15: with short_run_recipe's 32:64 prior and eq. 5 alone the UNet stayed below
-    # biharmonic inpainting's SSIM; the SSIM term and the prior's finer relaxation lift it.
-    base.structure_recipe(config)
+    # docs/CICM_RESULTS.md's budget. The base demo's structure_recipe (DESIGN Q15): with
+    # short_run_recipe's 32:64 prior and eq. 5 alone the UNet stayed below biharmonic
+    # inpainting's SSIM; the SSIM term and the prior's finer relaxation lift it.
+    config.train.num_steps = 1500
   config.model.unet_channels = {"demo": (16, 32, 64, 64), "tiny": (8, 8, 16, 16)}.get(
       variant, (64, 128, 256, 512))
   config.model.cicm = memory_config(tiny=variant == "tiny")
