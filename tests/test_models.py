@@ -75,12 +75,14 @@ def test_pyramid_fill():
 
 
 def test_the_priors_neighbour_sum_repeats_the_border():
-  """The fused form (zero pad + border count) is numpy's edge-padded 4-neighbour sum."""
-  x = np.random.default_rng(0).uniform(-1, 1, (2, 5, 7, 3)).astype(np.float32)
-  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-  expected = (padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2]
-              + padded[:, 1:-1, 2:])
-  np.testing.assert_allclose(jax.jit(base._neighbour_sum)(x), expected, atol=1e-6)  # pylint: disable=protected-access
+  """The fused form (zero pad + border count) is numpy's edge-padded 4-neighbour sum, also
+  on the one-pixel-high levels of a wide image's pyramid."""
+  for shape in [(2, 5, 7, 3), (1, 1, 4, 3)]:
+    x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    expected = (padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2]
+                + padded[:, 1:-1, 2:])
+    np.testing.assert_allclose(base._neighbour_sum(x), expected, atol=1e-6)  # pylint: disable=protected-access
 
 
 def test_biharmonic_relaxation_of_the_pyramid_fill():
