@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-# GM-SRM from one command on CPU (~13 min on 2 idle cores): prepares the embedded synthetic dataset, pre-trains
+# GM-SRM from one command on CPU (~9 min on 2 idle cores): prepares the embedded synthetic dataset, pre-trains
 # the generative memory (stage 1), exports it, trains stage 2 with it frozen, evaluates and
 # prints the table. Grids: $(DEMO_DIR)/eval/*.png; memory report: $(DEMO_DIR)/stage1/report.png.
 demo: setup
@@ -27,13 +27,14 @@ demo: setup
 	    --config.data.data_dir=$(DATA_DIR)
 
 # The same, plus the Base model (Table IV's first row) trained and evaluated with the same
-# settings beside it: ~22 min on 2 idle cores.
+# settings beside it: about 13 min (make demo plus the base row's 600 steps; not timed since
+# DESIGN Q16).
 demo-compare: setup
 	$(PY) -m gmsrm_jax.data.prepare --dataset=synthetic_scenes/64 --data_dir=$(DATA_DIR)
 	$(PY) -m gmsrm_jax.pipeline --config=configs/gmsrm.py:demo --workdir=$(DEMO_DIR) \
 	    --config.data.data_dir=$(DATA_DIR) --compare=base
 
-# The base encoder-decoder alone (configs/base.py:demo, 3,000 steps, ~16 min on 2 idle cores); docs/QUALITY.md.
+# The base encoder-decoder alone (configs/base.py:demo, 2,000 steps, ~11 min on 2 idle cores); docs/QUALITY.md.
 demo-base: setup
 	$(PY) -m gmsrm_jax.data.prepare --dataset=synthetic_scenes/64 --data_dir=$(DATA_DIR)
 	$(PY) train.py --config=configs/base.py:demo --workdir=$(BASE_DEMO_DIR) --config.data.data_dir=$(DATA_DIR)

@@ -1,6 +1,6 @@
 """GM-SRM stage 2 (§III, Algorithm 1): the encoder-decoder guided by the frozen generative memory.
 
-Both stages and the evaluation from one command (CPU, synthetic scenes, ~15 minutes):
+Both stages and the evaluation from one command (CPU, synthetic scenes, ~9 minutes on 2 cores):
   python -m gmsrm_jax.pipeline --config=configs/gmsrm.py:demo --workdir=runs/gmsrm_demo
 Stage 2 alone, given a stage-1 export (docs/TRAINING.md has every dataset's commands):
   python train.py --config=configs/gmsrm.py:demo --workdir=runs/gmsrm_demo \
