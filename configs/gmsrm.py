@@ -68,7 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = base.get_config(variant if variant in _SYNTHETIC else "")
   config.model.name = "gmsrm"
   if variant == "demo":
-    # Under a third of the base demo's steps: a GM-SRM step costs ~1.6x a base step and `make
+    # Under a third of the base demo's steps: a GM-SRM step costs ~1.4x a base step and `make
     # demo` also pre-trains the memory (~9 minutes in all). With the base demo's
     # structure_recipe 600 steps are ahead of biharmonic inpainting at every setting of the
     # validation split for three seeds, where 1,500 steps without it were behind its SSIM at
