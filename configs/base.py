@@ -203,7 +203,7 @@ def structure_recipe(config: ml_collections.ConfigDict) -> None:
   Richardson steps per pyramid level) and the 1 - SSIM term at weight 10 (DESIGN Q14-Q16):
   with eq. 5 or eq. 10 alone the UNet-CICM and GM-SRM demos stayed level with biharmonic
   inpainting's SSIM or below it at 30-60% holes on the validation split; with both they are
-  ahead at every setting, GM-SRM's in 1,000 steps instead of 1,500 and the base model's in
+  ahead at every setting, GM-SRM's in 600 steps instead of 1,500 and the base model's in
   2,000 instead of 3,000 (docs/QUALITY.md). Every demo variant inherits it from this one."""
   config.model.fill_iterations = 64
   config.model.fill_biharmonic_iterations = 256

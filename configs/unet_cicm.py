@@ -15,7 +15,7 @@ Variants:
            issue-#5 builders; loading fails at once with the command when not prepared).
   celeba   the same on CelebA (TFDS celeb_a, same remark).
   demo     64x64 synthetic scenes, small widths, the paper's memory size, plus a 1 - SSIM
-           loss term and a finer prior (DESIGN Q15); 1,500 steps of ~0.31 s on 2 idle cores.
+           loss term and a finer prior (DESIGN Q15); 1,500 steps.
   tiny     32x32, a few channels, a small memory; used by the tests, seconds.
 Ablations (Tables 1-3 of the paper; each row is one override of the full model):
   w_o_intra, w_o_inter         Table 1, context generalization without L_intra / L_inter
